@@ -1,0 +1,24 @@
+"""Solvers on the one loop.
+
+``available()`` lists every solver; ``get(name)`` returns its class; ``info(name)`` its
+metadata (order, NFE per step, ODE or SDE, multistep, options with their defaults).
+"""
+
+from . import ancestral, euler  # noqa: F401  (each module registers its solvers)
+from .base import SOLVERS, Solver, Step, available, get, info, register
+from .loop import FINAL_STEP_POLICIES, SamplingInfo, sample
+from .noise import GaussianNoise
+
+__all__ = [
+    "sample",
+    "available",
+    "get",
+    "info",
+    "register",
+    "Solver",
+    "Step",
+    "SamplingInfo",
+    "GaussianNoise",
+    "FINAL_STEP_POLICIES",
+    "SOLVERS",
+]

@@ -1,0 +1,143 @@
+"""Ancestral samplers: a deterministic step to σ_down, then fresh noise of scale σ_up.
+
+With ``σ_up = η · sqrt(σ_next² (σ² − σ_next²) / σ²)`` and ``σ_down² = σ_next² − σ_up²``
+(:func:`ksampling.samplers.common.ancestral_step`), η = 1 is DDPM's posterior
+q(x_{t−1} | x_t, x̂0) and η = 0 is DDIM, both written in the VE state space x = x0 + σ n.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .base import Solver, check_choice, check_nonnegative, register
+from .common import ancestral_step
+
+
+class _Ancestral(Solver):
+    kind = "sde"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = check_nonnegative("eta", eta)
+        self.s_noise = check_nonnegative("s_noise", s_noise)
+
+    @property
+    def draws_noise(self) -> bool:
+        return self.eta > 0
+
+    def coefficients(self, sigmas, i):
+        sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], self.eta)
+        return dict(sigma_down=sigma_down, sigma_up=sigma_up)
+
+    def add_noise(self, ctx, x, step):
+        if step.sigma_up == 0.0:
+            return x
+        return x + ctx.noise(step.sigma, step.sigma_next) * (self.s_noise * step.sigma_up)
+
+
+@register
+class EulerAncestral(_Ancestral):
+    """Euler step to σ_down, then noise: x_next = x + (σ_down − σ) (x − D)/σ + S_noise σ_up z."""
+
+    name = "euler_ancestral"
+    order = 1
+    paper = "k-diffusion (Crowson 2022); Ho et al. 2020 at eta = 1"
+
+    def step(self, ctx, x, step):
+        d = (x - ctx.denoise(x, step.sigma)) / step.sigma
+        return self.add_noise(ctx, x + d * (step.sigma_down - step.sigma), step)
+
+
+@register
+class DDIM(_Ancestral):
+    """DDIM (Song et al. 2021, eq. 12) in the VE state space:
+
+    ε̂ = (x − D(x; σ)) / σ,   x_next = D + sqrt(σ_next² − σ_up²) · ε̂ + σ_up · z,
+
+    with σ_up = η sqrt(σ_next² (σ² − σ_next²) / σ²), i.e. DDIM's σ_t(η) divided by
+    √ᾱ_{t−1}. Deterministic (and equal to Euler) at η = 0, the default; η = 1 is DDPM.
+    """
+
+    name = "ddim"
+    order = 1
+    kind = "ode"
+    paper = "Song, Meng & Ermon 2021, Denoising Diffusion Implicit Models"
+
+    def __init__(self, eta: float = 0.0, s_noise: float = 1.0):
+        if isinstance(eta, (int, float)) and not isinstance(eta, bool) and eta > 1:
+            raise ValueError(f"eta must be in [0, 1] for ddim, got {eta}")
+        super().__init__(eta=eta, s_noise=s_noise)
+
+    def step(self, ctx, x, step):
+        denoised = ctx.denoise(x, step.sigma)
+        eps = (x - denoised) / step.sigma
+        return self.add_noise(ctx, denoised + eps * step.sigma_down, step)
+
+
+@register
+class DDPM(Solver):
+    """DDPM ancestral sampling (Ho et al. 2020, Algorithm 2) on any grid.
+
+    For the step σ → σ_next the forward process has, in VP terms, ᾱ = 1/(1+σ²) and
+    β = 1 − ᾱ/ᾱ_next; the posterior q(x_next | x, x̂0) has mean (VE state space)
+    ``x̂0 + (σ_next²/σ²)(x − x̂0)`` and variance
+
+    * ``"small"`` (β̃, the posterior's own): σ_next² (σ² − σ_next²) / σ²;
+    * ``"large"`` (β): β (1 + σ_next²) = (σ² − σ_next²)(1 + σ_next²)/(1 + σ²);
+    * ``"learned"``: the network's variance (improved DDPM, Nichol & Dhariwal 2021):
+      ``learned`` gives log Σ, ``learned_range`` a mix v of log β and log β̃,
+      log Σ = v log β + (1 − v) log β̃, with β, β̃ of this (possibly respaced) step.
+      Falls back to ``"small"`` when the model gives no variance.
+
+    The default ``"auto"`` is ``"learned"`` when the model has a learned variance, else
+    ``"small"``.
+    """
+
+    name = "ddpm"
+    order = 1
+    kind = "sde"
+    paper = "Ho, Jain & Abbeel 2020; Nichol & Dhariwal 2021 (learned variances)"
+
+    def __init__(self, variance: str = "auto", s_noise: float = 1.0):
+        self.variance = check_choice("variance", variance, ("auto", "small", "large", "learned"))
+        self.s_noise = check_nonnegative("s_noise", s_noise)
+
+    def coefficients(self, sigmas, i):
+        sigma, sigma_next = sigmas[i], sigmas[i + 1]
+        alphabar, alphabar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
+        beta = 1 - alphabar / alphabar_next
+        beta_tilde = beta * (1 - alphabar_next) / (1 - alphabar)
+        return dict(
+            keep=(sigma_next / sigma) ** 2,  # weight of x in the posterior mean
+            log_beta=math.log(beta),
+            log_beta_tilde=math.log(beta_tilde) if beta_tilde > 0 else -math.inf,
+            # VP-space variances to VE space: divide by ᾱ_next, i.e. multiply by 1 + σ_next²
+            ve_scale=1 + sigma_next**2,
+            std_small=math.sqrt(beta_tilde * (1 + sigma_next**2)),
+            std_large=math.sqrt(beta * (1 + sigma_next**2)),
+        )
+
+    def step(self, ctx, x, step):
+        use_learned = self.variance in ("auto", "learned")
+        if use_learned:
+            denoised, learned = ctx.denoise_with_variance(x, step.sigma)
+        else:
+            denoised, learned = ctx.denoise(x, step.sigma), None
+        mean = denoised + (x - denoised) * step.keep
+        if step.to_zero:
+            return mean
+        noise = ctx.noise(step.sigma, step.sigma_next) * self.s_noise
+        if learned is not None:
+            return mean + noise * self._learned_std(learned, step)
+        std = step.std_large if self.variance == "large" else step.std_small
+        return mean + noise * std
+
+    @staticmethod
+    def _learned_std(learned, step) -> torch.Tensor:
+        if learned.kind == "learned_range":
+            frac = (learned.value + 1) / 2
+            log_var = frac * step.log_beta + (1 - frac) * step.log_beta_tilde
+        else:
+            log_var = learned.value
+        return torch.exp(0.5 * log_var) * math.sqrt(step.ve_scale)

@@ -1,0 +1,183 @@
+"""The solver protocol and the registry.
+
+A solver is a small class. The loop (:mod:`ksampling.samplers.loop`) owns validation,
+the model call, NFE counting, callbacks, the progress bar and the noise; a solver owns only
+its update rule:
+
+* :meth:`Solver.coefficients` computes the per-step scalars **once, on the host, in
+  float64** from the Python list of sigmas (``h``, ratios, φ-functions, σ_up/σ_down, ...).
+* :meth:`Solver.step` maps ``x`` at ``step.sigma`` to ``x`` at ``step.sigma_next`` with
+  ``ctx.denoise(x, sigma)`` and ``ctx.noise(sigma, sigma_next)``. It must not turn a tensor
+  into a Python value: every branch is decided by the host-side coefficients.
+
+Multistep solvers keep their history on the instance; the loop makes a fresh instance for
+every run, so :meth:`Solver.reset` is called once before the first step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from types import SimpleNamespace
+from typing import Any, ClassVar, Sequence
+
+__all__ = ["Solver", "Step", "register", "available", "get", "info", "SOLVERS"]
+
+SOLVERS: dict[str, type["Solver"]] = {}
+
+
+class Step(SimpleNamespace):
+    """The host-side description of one step: plain Python numbers only.
+
+    Always present: ``index``, ``sigma``, ``sigma_next``, ``sigma_prev`` (``None`` on the
+    first step), ``first``, ``last`` (last step of the run), ``to_zero`` (``sigma_next == 0``)
+    and ``n_steps``. A solver's :meth:`Solver.coefficients` adds its own names.
+    """
+
+
+class Solver:
+    """Base class of every solver. Subclasses set the metadata and implement :meth:`step`.
+
+    Metadata a caller can read (also through :func:`info`):
+
+    ``name``        the registry name (k-diffusion's / ComfyUI's where one exists)
+    ``order``       the convergence order of the deterministic method
+    ``nfe_per_step`` model calls per step (the last step may use fewer)
+    ``kind``        ``"ode"`` or ``"sde"`` (SDE solvers draw noise unless ``eta == 0``)
+    ``multistep``   whether the solver reuses model outputs of earlier steps
+    ``fixed_grid``  ``False`` for adaptive solvers that choose their own steps
+    ``paper``       the reference
+    """
+
+    name: ClassVar[str] = ""
+    order: ClassVar[int] = 1
+    nfe_per_step: ClassVar[int] = 1
+    kind: ClassVar[str] = "ode"
+    multistep: ClassVar[bool] = False
+    fixed_grid: ClassVar[bool] = True
+    paper: ClassVar[str] = ""
+    #: "gaussian" draws i.i.d. noise from the run's generator(s); "brownian" makes SDE
+    #: solvers use a Brownian-tree noise sampler seeded from the generator(s), so that
+    #: results are consistent across step counts (k-diffusion's default for its SDE solvers).
+    default_noise: ClassVar[str] = "gaussian"
+
+    def __init__(self) -> None:
+        pass
+
+    # -- what subclasses may override -------------------------------------------------
+    @property
+    def draws_noise(self) -> bool:
+        """Whether this configuration draws random numbers at all (eta = 0 draws none)."""
+        return self.kind == "sde"
+
+    def reset(self) -> None:
+        """Forget the history of an earlier run (multistep solvers)."""
+
+    def coefficients(self, sigmas: Sequence[float], i: int) -> dict[str, Any]:
+        """Host-side float64 scalars of step ``i`` (``sigmas[i] -> sigmas[i + 1]``)."""
+        return {}
+
+    def step(self, ctx, x, step: Step):
+        """Advance ``x`` from ``step.sigma`` to ``step.sigma_next``."""
+        raise NotImplementedError
+
+    def run(self, ctx, x, steps: list[Step]):
+        """Drive the steps. Adaptive solvers override this; fixed-grid solvers never do."""
+        for step in ctx.progress(steps):
+            ctx.begin_step(step)
+            x = self.step(ctx, x, step)
+        return x
+
+    # -- shared by the loop --------------------------------------------------------------
+    def plan(self, sigmas: Sequence[float]) -> list[Step]:
+        n = len(sigmas) - 1
+        steps = []
+        for i in range(n):
+            base = dict(
+                index=i,
+                sigma=sigmas[i],
+                sigma_next=sigmas[i + 1],
+                sigma_prev=sigmas[i - 1] if i > 0 else None,
+                first=i == 0,
+                last=i == n - 1,
+                to_zero=sigmas[i + 1] == 0.0,
+                n_steps=n,
+            )
+            steps.append(Step(**base, **self.coefficients(sigmas, i)))
+        return steps
+
+    @classmethod
+    def option_names(cls) -> list[str]:
+        params = inspect.signature(cls.__init__).parameters
+        return [p for p in params if p != "self"]
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        return dict(
+            name=cls.name,
+            order=cls.order,
+            nfe_per_step=cls.nfe_per_step,
+            kind=cls.kind,
+            multistep=cls.multistep,
+            fixed_grid=cls.fixed_grid,
+            paper=cls.paper,
+            options={
+                p.name: p.default
+                for p in inspect.signature(cls.__init__).parameters.values()
+                if p.name != "self"
+            },
+        )
+
+
+def register(cls: type[Solver]) -> type[Solver]:
+    """Class decorator: add a solver to the registry under ``cls.name``."""
+    if not cls.name:
+        raise TypeError(f"{cls.__qualname__} has no name")
+    if cls.name in SOLVERS and SOLVERS[cls.name] is not cls:
+        raise ValueError(f"a solver named {cls.name!r} is already registered")
+    SOLVERS[cls.name] = cls
+    return cls
+
+
+def available() -> list[str]:
+    """The names of every registered solver, sorted."""
+    return sorted(SOLVERS)
+
+
+def get(name: str) -> type[Solver]:
+    """The solver class registered under ``name``."""
+    if not isinstance(name, str):
+        raise TypeError(f"solver must be a name (str) or a Solver subclass, got {type(name).__name__}")
+    try:
+        return SOLVERS[name]
+    except KeyError:
+        raise ValueError(f"unknown solver {name!r}; known solvers: {', '.join(available())}") from None
+
+
+def info(name: str) -> dict[str, Any]:
+    """Metadata of a solver: order, NFE per step, ODE or SDE, multistep, options and defaults."""
+    return get(name).describe()
+
+
+# -- helpers for solver option validation --------------------------------------------------
+def check_nonnegative(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    if math.isnan(value) or value < 0:
+        raise ValueError(f"{name} must be >= 0, got {value}")
+    return float(value)
+
+
+def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
+    return value
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < low or (high is not None and value > high):
+        span = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ValueError(f"{name} must be {span}, got {value}")
+    return value

@@ -1,0 +1,1 @@
+"""Sigma schedules (being written)."""
