@@ -38,3 +38,11 @@ class Denoiser(nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, **extra_args) -> torch.Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def as_network(self, process, prediction: str, **kwargs) -> nn.Module:
+        """Present this denoiser as a network of the given kind: a module
+        ``network(x_in, t, **extra_args)`` that returns what an ideal ``prediction``-type
+        network of ``process`` would (so that wrapping it gives back this denoiser)."""
+        from .wrappers import present_as_network
+
+        return present_as_network(self, process, prediction, **kwargs)

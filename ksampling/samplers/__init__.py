@@ -4,7 +4,8 @@
 metadata (order, NFE per step, ODE or SDE, multistep, options with their defaults).
 """
 
-from . import ancestral, euler  # noqa: F401  (each module registers its solvers)
+# Each solver module registers its solvers on import.
+from . import adams, ancestral, deis, dpm, dpm_solver, dpmpp, er_sde, euler, lms, res_multistep, runge_kutta, unipc  # noqa: F401
 from .base import SOLVERS, Solver, Step, available, get, info, register
 from .loop import FINAL_STEP_POLICIES, SamplingInfo, sample
 from .noise import GaussianNoise
