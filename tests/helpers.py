@@ -1,0 +1,77 @@
+"""Small shared test tools: a host-sync counter and closed-form toy denoisers.
+
+The toy denoisers here are written from the formulas directly, independently of
+``ksampling.denoisers.analytic``, so the core tests do not check the library against itself.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+#: Tensor methods that copy a value to the host (a GPU->CPU sync on CUDA, and a break in
+#: CUDA-graph capture).
+HOST_CONVERSIONS = frozenset(
+    {"__bool__", "item", "__float__", "__int__", "__index__", "tolist", "cpu", "numpy", "__repr__", "__format__"}
+)
+
+
+class HostSyncCounter(TorchFunctionMode):
+    """Counts tensor-to-host conversions made while it is active."""
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+        self.names: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in HOST_CONVERSIONS:
+            self.count += 1
+            self.names.append(name)
+        return func(*args, **(kwargs or {}))
+
+
+class GaussianData:
+    """Data x0 ~ N(mean, diag(var)); D(x; σ) = μ + var/(var + σ²) (x − μ) (exact posterior mean)."""
+
+    def __init__(self, mean, var):
+        self.mean = torch.as_tensor(mean, dtype=torch.float64)
+        self.var = torch.as_tensor(var, dtype=torch.float64)
+
+    def __call__(self, x, sigma):
+        s2 = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) ** 2
+        mean, var = self.mean.to(x), self.var.to(x)
+        return mean + var / (var + s2) * (x - mean)
+
+    def ode_solution(self, x_start, sigma_start, sigma):
+        """x(σ) = μ + (x_T − μ) sqrt((σ² + c²)/(σ_T² + c²)) per dimension."""
+        return self.mean + (x_start - self.mean) * torch.sqrt((sigma**2 + self.var) / (sigma_start**2 + self.var))
+
+
+class SmoothToy:
+    """A smooth nonlinear denoiser (not the posterior mean of any particular data), elementwise
+    so that it is batch-invariant to the bit."""
+
+    def __call__(self, x, sigma):
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return torch.tanh(x / (1 + s)) * (1 / (1 + 0.1 * s))
+
+
+def karras_grid(n, sigma_min=0.002, sigma_max=80.0, rho=7.0, append_zero=True):
+    ramp = [i / max(n - 1, 1) for i in range(n)]
+    lo, hi = sigma_min ** (1 / rho), sigma_max ** (1 / rho)
+    sig = [(hi + r * (lo - hi)) ** rho for r in ramp]
+    if append_zero:
+        sig.append(0.0)
+    return torch.tensor(sig, dtype=torch.float64)
+
+
+def fitted_order(ns, errors) -> float:
+    """Slope of −log(error) against log(N), least squares."""
+    xs = [math.log(n) for n in ns]
+    ys = [-math.log(e) for e in errors]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
