@@ -166,7 +166,14 @@ def _schedule(name):
     fn = getattr(schedules, name, None)
     if fn is None:
         raise NotImplementedError(f"ksampling.schedules.{name} is not available yet")
-    return fn
+
+    def in_default_dtype(*args, **kwargs):
+        # k-diffusion returns tensors of torch's default dtype (float32); ksampling computes
+        # in float64 and rounds once, so the values are the float64 ones rounded, not float32
+        # arithmetic's.
+        return fn(*args, **kwargs).to(torch.get_default_dtype())
+
+    return in_default_dtype
 
 
 def get_sigmas_karras(n, sigma_min, sigma_max, rho=7.0, device="cpu"):
@@ -217,6 +224,10 @@ def _brownian_default(x, sigmas):
     # global RNG. One host transfer of the grid, before the loop.
     values = _validate_sigmas(sigmas, x)
     positive = [s for s in values if s > 0]
+    if min(positive) == max(values):
+        # the grid is [σ, 0]: a single denoising step, which draws no noise (k-diffusion
+        # would build a tree on an empty interval here, and crash later).
+        return default_noise_sampler(x)
     return BrownianTreeNoiseSampler(x, min(positive), max(values))
 
 
