@@ -13,6 +13,8 @@ from ksampling.denoisers import (
     PREDICTIONS,
     VE,
     EDMPrecond,
+    Gaussian,
+    GaussianMixture,
     LearnedVariance,
     NetworkDenoiser,
     RectifiedFlow,
@@ -32,52 +34,30 @@ from reference import k_diffusion
 F64 = torch.float64
 
 
-# -- closed-form denoisers written from the formulas ------------------------------------------
-
-
-class Gaussian:
-    """x0 ~ N(mean, diag(var)): D(x; σ) = μ + var/(var + σ²)(x − μ)."""
-
-    def __init__(self, mean, var):
-        self.mean, self.var = mean, var
-
-    def __call__(self, x, sigma):
-        s2 = sigma.reshape(-1, *([1] * (x.ndim - 1))) ** 2
-        return self.mean + self.var / (self.var + s2) * (x - self.mean)
-
-
-class Mixture:
-    """x0 ~ Σ_k w_k N(μ_k, diag(v_k)): D = Σ_k r_k(x) (μ_k + v_k/(v_k+σ²)(x − μ_k)), r = softmax of
-    log w_k + log N(x; μ_k, v_k + σ²)."""
-
-    def __init__(self, weights, means, variances):
-        self.log_w, self.means, self.vars = weights.log(), means, variances  # [K], [K, d], [K, d]
-
-    def __call__(self, x, sigma):
-        s2 = sigma.reshape(-1, 1, 1) ** 2
-        total = self.vars[None] + s2  # [B, K, d]
-        diff = x[:, None, :] - self.means[None]
-        log_lik = -0.5 * (diff**2 / total + total.log() + math.log(2 * math.pi)).sum(-1)
-        resp = torch.softmax(self.log_w + log_lik, dim=1)  # [B, K]
-        component = self.means[None] + self.vars[None] / total * diff
-        return (resp[..., None] * component).sum(1)
+# -- the analytic denoisers (ksampling.denoisers.analytic, tested there against closed forms) --
 
 
 def _gaussian():
     g = torch.Generator().manual_seed(1)
-    return Gaussian(torch.randn(4, generator=g, dtype=F64), 0.2 + torch.rand(4, generator=g, dtype=F64))
+    return Gaussian(torch.randn(4, generator=g, dtype=F64), var=0.2 + torch.rand(4, generator=g, dtype=F64))
+
+
+def _gaussian_full():
+    g = torch.Generator().manual_seed(3)
+    root = torch.randn(4, 4, generator=g, dtype=F64)
+    return Gaussian(torch.randn(4, generator=g, dtype=F64), cov=root @ root.T / 4 + 0.05 * torch.eye(4, dtype=F64))
 
 
 def _mixture():
     g = torch.Generator().manual_seed(2)
-    return Mixture(
+    return GaussianMixture(
         torch.tensor([0.2, 0.5, 0.3], dtype=F64),
         2 * torch.randn(3, 4, generator=g, dtype=F64),
-        0.05 + 0.3 * torch.rand(3, 4, generator=g, dtype=F64),
+        var=0.05 + 0.3 * torch.rand(3, 4, generator=g, dtype=F64),
     )
 
 
-DENOISERS = {"gaussian": _gaussian, "mixture": _mixture}
+DENOISERS = {"gaussian": _gaussian, "gaussian_full_cov": _gaussian_full, "mixture": _mixture}
 
 PROCESSES = {
     "ve": lambda: VE(),
@@ -126,6 +106,20 @@ def test_every_parameterisation_returns_the_exact_denoiser(process_name, predict
     network = present_as_network(denoiser, process, prediction)
     wrapped = NetworkDenoiser(network, process, prediction)
     x, sigma = _probe(process)
+    _close(wrapped(x, sigma), denoiser(x, sigma))
+
+
+@pytest.mark.parametrize("prediction", PREDICTIONS)
+def test_image_shaped_data_and_as_network(prediction):
+    # x of shape [B, C, H, W]; Denoiser.as_network is present_as_network
+    g = torch.Generator().manual_seed(12)
+    denoiser = GaussianMixture(
+        torch.tensor([0.4, 0.6], dtype=F64), torch.randn(2, 2, 3, 3, generator=g, dtype=F64), var=torch.tensor([0.1, 0.5], dtype=F64)
+    )
+    process = VPDiscrete(beta_schedule="squaredcos_cap_v2")
+    wrapped = NetworkDenoiser(denoiser.as_network(process, prediction), process, prediction)
+    sigma = torch.tensor([0.01, 0.3, 2.0, 50.0], dtype=F64)
+    x = torch.randn(4, 2, 3, 3, generator=g, dtype=F64) * sigma.reshape(-1, 1, 1, 1)
     _close(wrapped(x, sigma), denoiser(x, sigma))
 
 
@@ -414,10 +408,11 @@ def test_wrapper_makes_no_host_syncs(process_name):
     prediction = "mean" if process_name.startswith("vp_discrete") else "v"
     wrapped = NetworkDenoiser(present_as_network(_gaussian(), process, prediction), process, prediction)
     x, sigma = _probe(process)
+    edm = EDMPrecond(present_as_edm_network(_gaussian()))
     wrapped(x, sigma)  # tables copied to the device once
     with HostSyncCounter() as counter:
         wrapped(x, sigma)
-        EDMPrecond(present_as_edm_network(_gaussian()))(x, sigma)
+        edm(x, sigma)
     assert counter.count == 0, counter.names
 
 
