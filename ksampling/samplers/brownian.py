@@ -209,6 +209,14 @@ class BatchedBrownianTree:
         return ((self.w(tb) - self.w(ta)) * self.sign).to(self.out_dtype)
 
 
+class _PointTree:
+    """The Brownian "tree" of a one-point interval: there is no increment to draw."""
+
+    def __init__(self, x: torch.Tensor, t: float):
+        self.t0 = self.t1 = t
+        self.shape, self.out_dtype, self.device = x.shape, x.dtype, x.device
+
+
 class BrownianTreeNoiseSampler:
     """Noise sampler backed by a Brownian tree (k-diffusion's protocol and signature).
 
@@ -248,10 +256,12 @@ class BrownianTreeNoiseSampler:
             raise TypeError("transform must be callable, e.g. lambda sigma: sigma.log()")
         self.transform = transform
         sigma_min, sigma_max = _host_float(sigma_min, "sigma_min"), _host_float(sigma_max, "sigma_max")
-        if not sigma_min < sigma_max:
-            raise ValueError(f"sigma_min must be < sigma_max, got {sigma_min} and {sigma_max}")
         t0, t1 = self._t(sigma_min), self._t(sigma_max)
-        self.tree = BatchedBrownianTree(x, t0, t1, seed, generator=generator, tol=tol)
+        if t0 == t1:
+            # A one-point range (a one-step grid to 0): every increment inside it is 0.
+            self.tree = _PointTree(x, t0)
+        else:
+            self.tree = BatchedBrownianTree(x, t0, t1, seed, generator=generator, tol=tol)
 
     def _t(self, sigma) -> float:
         if self.transform is None:
