@@ -177,6 +177,10 @@ def run_page(page: Page, *, show: bool = False) -> float:
     namespace: dict[str, object] = {"__name__": "__docs__"}
     default_dtype = torch.get_default_dtype()
     rng_state = torch.random.get_rng_state()
+    threads = torch.get_num_threads()
+    # The examples are small: one thread is fastest, and on a loaded CI machine several
+    # threads of tiny ops can be forty times slower.
+    torch.set_num_threads(1)
     start = time.perf_counter()
     try:
         for block in page.code:
@@ -205,6 +209,7 @@ def run_page(page: Page, *, show: bool = False) -> float:
         # A page must not leak global state into the next one.
         torch.set_default_dtype(default_dtype)
         torch.random.set_rng_state(rng_state)
+        torch.set_num_threads(threads)
     return time.perf_counter() - start
 
 
