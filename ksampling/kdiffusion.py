@@ -296,3 +296,378 @@ def sample_dpmpp_3m_sde(model, x, sigmas, extra_args=None, callback=None, disabl
     """DPM-Solver++(3M) SDE (solver ``dpmpp_3m_sde``); Brownian-tree noise by default."""
     noise_sampler = _brownian_default(x, sigmas) if noise_sampler is None else noise_sampler
     return _run("dpmpp_3m_sde", model, x, sigmas, extra_args, callback, disable, noise_sampler, eta=eta, s_noise=s_noise)
+
+
+def linear_multistep_coeff(order, t, i, j):
+    """Weight of the derivative at ``t[i - j]`` in the LMS step ``t[i] -> t[i + 1]``: the
+    integral over the step of the Lagrange basis polynomial through ``t[i], …, t[i-order+1]``
+    (:func:`ksampling.samplers.lms.lms_coefficients`, exact instead of k-diffusion's
+    ``scipy.integrate.quad``)."""
+    from .samplers.lms import lms_coefficients
+
+    if order - 1 > i:
+        raise ValueError(f"Order {order} too high for step {i}")
+    values = [float(v) for v in t]
+    return lms_coefficients(values, i, order)[j]
+
+
+def _positive_scalar(name, value):
+    value = float(value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0 (sigma_min and sigma_max must not be 0), got {value}")
+    return value
+
+
+def _with_t(callback):
+    """k-diffusion's DPM-Solver callbacks also carry t = −log σ and t_up = −log σ̂."""
+    if callback is None:
+        return None
+
+    def wrapped(info):
+        callback({**info, "t": -info["sigma"].log(), "t_up": -torch.as_tensor(info["sigma_hat"]).log()})
+
+    return wrapped
+
+
+def sample_dpm_fast(model, x, sigma_min, sigma_max, n, extra_args=None, callback=None, disable=None, eta=0.0, s_noise=1.0, noise_sampler=None):
+    """DPM-Solver-fast from ``sigma_max`` to ``sigma_min`` with exactly ``n`` model calls
+    (solver ``dpm_fast``); ends at ``sigma_min``, as k-diffusion's."""
+    sigma_min, sigma_max = _positive_scalar("sigma_min", sigma_min), _positive_scalar("sigma_max", sigma_max)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    sigmas = torch.tensor([sigma_max, sigma_min], dtype=torch.float64, device=x.device)
+    return _run("dpm_fast", model, x, sigmas, extra_args, _with_t(callback), disable, noise_sampler,
+                nfe=n, eta=eta, s_noise=s_noise)
+
+
+def sample_dpm_adaptive(model, x, sigma_min, sigma_max, extra_args=None, callback=None, disable=None, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81, eta=0.0, s_noise=1.0, noise_sampler=None, return_info=False):
+    """DPM-Solver-12/23 with adaptive steps from ``sigma_max`` to ``sigma_min`` (solver
+    ``dpm_adaptive``); ``return_info=True`` also returns k-diffusion's
+    ``{'steps', 'nfe', 'n_accept', 'n_reject'}``.
+
+    The callback is called once per attempt, after it, with k-diffusion's keys ``x`` (after
+    the attempt), ``i``, ``sigma``/``t`` (where the solution now is), ``sigma_hat``/``t_up``,
+    ``denoised`` (at the attempt's start) and the running ``steps``, ``nfe``, ``n_accept``,
+    ``n_reject``; the controller's internal ``error`` and ``h`` are not reported.
+    """
+    sigma_min, sigma_max = _positive_scalar("sigma_min", sigma_min), _positive_scalar("sigma_max", sigma_max)
+    noise_sampler = default_noise_sampler(x) if noise_sampler is None else noise_sampler
+    sigmas = torch.tensor([sigma_max, sigma_min], dtype=torch.float64, device=x.device)
+    nfe_per_attempt = order if order in (2, 3) else 3
+    pending = []  # the attempt whose end is only known at the start of the next one
+    counts = {"steps": 0, "nfe": 0, "n_accept": 0, "n_reject": 0}
+
+    def finish(x_after, sigma_after):
+        start = pending.pop()
+        accepted = float(sigma_after) != float(start["sigma"])
+        counts["steps"] += 1
+        counts["nfe"] += nfe_per_attempt
+        counts["n_accept" if accepted else "n_reject"] += 1
+        t = -torch.as_tensor(sigma_after, dtype=torch.float64).log()
+        callback({"x": x_after, "i": start["i"], "sigma": t.neg().exp(), "sigma_hat": t.neg().exp(),
+                  "t": t, "t_up": t, "denoised": start["denoised"], **counts})
+
+    def on_attempt(info):
+        if pending:
+            finish(info["x"], info["sigma"])
+        pending.append(info)
+
+    x, run_info = _run("dpm_adaptive", model, x, sigmas, extra_args, None if callback is None else on_attempt, disable,
+                       noise_sampler, return_info=True, order=order, rtol=rtol, atol=atol, h_init=h_init,
+                       pcoeff=pcoeff, icoeff=icoeff, dcoeff=dcoeff, accept_safety=accept_safety, eta=eta, s_noise=s_noise)
+    if pending:
+        finish(x, sigma_min)
+    if return_info:
+        return x, {"steps": run_info.steps, "nfe": run_info.nfe, "n_accept": run_info.accepted, "n_reject": run_info.rejected}
+    return x
+
+
+@torch.no_grad()
+def log_likelihood(model, x, sigma_min, sigma_max, extra_args=None, atol=1e-4, rtol=1e-4):
+    """log p(x) under the probability-flow ODE (Song et al. 2021, "Score-Based Generative
+    Modeling through SDEs", App. D.2), as k-diffusion computes it: integrate
+    ``dx/dσ = (x − D)/σ`` from ``sigma_min`` to ``sigma_max`` together with
+    ``d log p/dσ = −div f``, the divergence estimated by Hutchinson's trick with one Rademacher
+    vector v from the **global** RNG (k-diffusion's contract), with dopri5 at ``atol``/``rtol``;
+    then add the N(0, σ_max² I) prior. Returns ``(log_likelihood [B], {'fevals': n})``.
+
+    Needs torchdiffeq (``pip install ksampling[bench]`` or ``pip install torchdiffeq``).
+    """
+    try:
+        from torchdiffeq import odeint
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("log_likelihood needs torchdiffeq: pip install ksampling[bench] (or pip install torchdiffeq)") from exc
+    extra_args = {} if extra_args is None else extra_args
+    batch = x.shape[0]
+    probe = torch.randint_like(x, 2) * 2 - 1
+    fevals = 0
+
+    def augmented(sigma, state):
+        nonlocal fevals
+        with torch.enable_grad():
+            x_t = state[0].detach().requires_grad_()
+            denoised = model(x_t, sigma * x_t.new_ones([batch]), **extra_args)
+            drift = (x_t - denoised) / sigma
+            fevals += 1
+            (jvp,) = torch.autograd.grad((drift * probe).sum(), x_t)
+        # E[vᵀ J v] = tr J: the divergence of the drift
+        return drift.detach(), (probe * jvp).flatten(1).sum(1)
+
+    times = x.new_tensor([float(sigma_min), float(sigma_max)])
+    solution = odeint(augmented, (x, x.new_zeros([batch])), times, atol=atol, rtol=rtol, method="dopri5")
+    latent, delta_ll = solution[0][-1], solution[1][-1]
+    prior = torch.distributions.Normal(0, float(sigma_max)).log_prob(latent).flatten(1).sum(1)
+    return prior + delta_ll, {"fevals": fevals}
+
+
+def __getattr__(name):
+    # k-diffusion's PID controller lives with the dpm_adaptive solver.
+    if name == "PIDStepSizeController":
+        from .samplers.dpm import PIDStepSizeController
+
+        return PIDStepSizeController
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+# -- k_diffusion.external: wrappers on ksampling's processes and NetworkDenoiser ------------------
+from torch import nn  # noqa: E402
+
+from .denoisers.processes import NoiseProcess, VPDiscrete, vp_alpha  # noqa: E402
+from .denoisers.wrappers import NetworkDenoiser  # noqa: E402
+
+
+class _WrapperProcess(NoiseProcess):
+    """The wrapper's own ``sigma_to_t`` (so that a subclass that overrides it is honoured)
+    with VP input scaling α = 1/√(1+σ²) = c_in."""
+
+    discrete = True
+
+    def __init__(self, wrapper):
+        self._wrapper = wrapper
+        self.sigma_min, self.sigma_max = 0.0, math.inf
+
+    def sigma_to_t(self, sigma):
+        return self._wrapper.sigma_to_t(sigma)
+
+    def t_to_sigma(self, t):
+        return self._wrapper.t_to_sigma(t)
+
+    def alpha(self, sigma):
+        return vp_alpha(sigma)
+
+
+class _Hook:
+    """A network that calls one of the wrapper's methods (``get_eps``/``get_v``/its model)."""
+
+    def __init__(self, wrapper, method):
+        self._wrapper, self._method = wrapper, method
+
+    def __call__(self, x_net, t, **kwargs):
+        return getattr(self._wrapper, self._method)(x_net, t, **kwargs)
+
+
+def _network_denoiser(wrapper, method, prediction):
+    # Kept out of nn.Module's registry (it points back at the wrapper).
+    return NetworkDenoiser(_Hook(wrapper, method), _WrapperProcess(wrapper), prediction=prediction)
+
+
+class VDenoiser(nn.Module):
+    """A v-diffusion-pytorch model as D(x; σ): the network sees ``x·c_in`` and
+    ``t = 2/π · atan σ`` and predicts v (``prediction="v"`` of :class:`NetworkDenoiser`)."""
+
+    def __init__(self, inner_model):
+        super().__init__()
+        self.inner_model = inner_model
+        self.sigma_data = 1.0
+        self.__dict__["_denoiser"] = _network_denoiser(self, "inner_model", "v")
+
+    def get_scalings(self, sigma):
+        c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
+        c_out = -sigma * self.sigma_data / (sigma**2 + self.sigma_data**2) ** 0.5
+        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        return c_skip, c_out, c_in
+
+    def sigma_to_t(self, sigma):
+        return sigma.atan() / math.pi * 2
+
+    def t_to_sigma(self, t):
+        return (t * math.pi / 2).tan()
+
+    def loss(self, input, noise, sigma, **kwargs):
+        """MSE between the network output and the v target (k-diffusion's training loss)."""
+        c_skip, c_out, c_in = [_append_dims(s, input.ndim) for s in self.get_scalings(sigma)]
+        noised = input + noise * _append_dims(sigma, input.ndim)
+        output = self.inner_model(noised * c_in, self.sigma_to_t(sigma), **kwargs)
+        target = (input - c_skip * noised) / c_out
+        return (output - target).pow(2).flatten(1).mean(1)
+
+    def forward(self, input, sigma, **kwargs):
+        return self._denoiser(input, sigma, **kwargs)
+
+
+class DiscreteSchedule(nn.Module):
+    """A discrete list of training sigmas (ascending) and the maps σ ↔ t between them
+    (:class:`ksampling.denoisers.VPDiscrete`): ``quantize=True`` rounds t to the nearest
+    training index, else t is interpolated linearly in log σ."""
+
+    def __init__(self, sigmas, quantize):
+        super().__init__()
+        self.register_buffer("sigmas", sigmas)
+        self.register_buffer("log_sigmas", sigmas.log())
+        self.quantize = quantize
+        alphas_cumprod = 1 / (1 + sigmas.detach().double().cpu() ** 2)
+        self.__dict__["_processes"] = {
+            True: VPDiscrete(alphas_cumprod=alphas_cumprod, time="round"),
+            False: VPDiscrete(alphas_cumprod=alphas_cumprod, time="interpolate"),
+        }
+
+    @property
+    def sigma_min(self):
+        return self.sigmas[0]
+
+    @property
+    def sigma_max(self):
+        return self.sigmas[-1]
+
+    def get_sigmas(self, n=None):
+        """All training sigmas descending (``n=None``), or ``n`` sigmas at evenly spaced
+        (fractional) timesteps from T−1 to 0; then 0."""
+        if n is None:
+            return append_zero(self.sigmas.flip(0))
+        t_max = len(self.sigmas) - 1
+        t = torch.linspace(t_max, 0, n, device=self.sigmas.device)
+        return append_zero(self.t_to_sigma(t))
+
+    def sigma_to_t(self, sigma, quantize=None):
+        quantize = self.quantize if quantize is None else quantize
+        t = self._processes[bool(quantize)].sigma_to_t(sigma)
+        # k-diffusion returns an integer index when quantizing, else t in the sigmas' dtype
+        return t.long() if quantize else t.to(self.sigmas.dtype)
+
+    def t_to_sigma(self, t):
+        return self._processes[False].t_to_sigma(t.float()).to(self.sigmas.dtype)
+
+
+class DiscreteEpsDDPMDenoiser(DiscreteSchedule):
+    """A discrete-time DDPM network that predicts ε, as D(x; σ) = x − σ ε(x·c_in, t)."""
+
+    def __init__(self, model, alphas_cumprod, quantize):
+        super().__init__(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, quantize)
+        self.inner_model = model
+        self.sigma_data = 1.0
+        self.__dict__["_denoiser"] = _network_denoiser(self, "get_eps", "eps")
+
+    def get_scalings(self, sigma):
+        c_out = -sigma
+        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        return c_out, c_in
+
+    def get_eps(self, *args, **kwargs):
+        return self.inner_model(*args, **kwargs)
+
+    def loss(self, input, noise, sigma, **kwargs):
+        """MSE between the predicted and the true noise (DDPM's simple loss)."""
+        c_out, c_in = [_append_dims(s, input.ndim) for s in self.get_scalings(sigma)]
+        noised = input + noise * _append_dims(sigma, input.ndim)
+        eps = self.get_eps(noised * c_in, self.sigma_to_t(sigma), **kwargs)
+        return (eps - noise).pow(2).flatten(1).mean(1)
+
+    def forward(self, input, sigma, **kwargs):
+        return self._denoiser(input, sigma, **kwargs)
+
+
+class OpenAIDenoiser(DiscreteEpsDDPMDenoiser):
+    """An OpenAI guided/improved-diffusion model; with learned sigmas its output's first half
+    of the channels is ε."""
+
+    def __init__(self, model, diffusion, quantize=False, has_learned_sigmas=True, device="cpu"):
+        alphas_cumprod = torch.tensor(diffusion.alphas_cumprod, device=device, dtype=torch.float32)
+        super().__init__(model, alphas_cumprod, quantize=quantize)
+        self.has_learned_sigmas = has_learned_sigmas
+
+    def get_eps(self, *args, **kwargs):
+        output = self.inner_model(*args, **kwargs)
+        return output.chunk(2, dim=1)[0] if self.has_learned_sigmas else output
+
+
+class CompVisDenoiser(DiscreteEpsDDPMDenoiser):
+    """A CompVis latent-diffusion (Stable Diffusion 1.x/2.x ε) model: ε = ``model.apply_model``."""
+
+    def __init__(self, model, quantize=False, device="cpu"):
+        super().__init__(model, model.alphas_cumprod, quantize=quantize)
+
+    def get_eps(self, *args, **kwargs):
+        return self.inner_model.apply_model(*args, **kwargs)
+
+
+class DiscreteVDDPMDenoiser(DiscreteSchedule):
+    """A discrete-time DDPM network that predicts v, as D(x; σ) = c_skip x + c_out v(x·c_in, t)."""
+
+    def __init__(self, model, alphas_cumprod, quantize):
+        super().__init__(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, quantize)
+        self.inner_model = model
+        self.sigma_data = 1.0
+        self.__dict__["_denoiser"] = _network_denoiser(self, "get_v", "v")
+
+    def get_scalings(self, sigma):
+        c_skip = self.sigma_data**2 / (sigma**2 + self.sigma_data**2)
+        c_out = -sigma * self.sigma_data / (sigma**2 + self.sigma_data**2) ** 0.5
+        c_in = 1 / (sigma**2 + self.sigma_data**2) ** 0.5
+        return c_skip, c_out, c_in
+
+    def get_v(self, *args, **kwargs):
+        return self.inner_model(*args, **kwargs)
+
+    def loss(self, input, noise, sigma, **kwargs):
+        """MSE between the network output and the v target."""
+        c_skip, c_out, c_in = [_append_dims(s, input.ndim) for s in self.get_scalings(sigma)]
+        noised = input + noise * _append_dims(sigma, input.ndim)
+        output = self.get_v(noised * c_in, self.sigma_to_t(sigma), **kwargs)
+        target = (input - c_skip * noised) / c_out
+        return (output - target).pow(2).flatten(1).mean(1)
+
+    def forward(self, input, sigma, **kwargs):
+        return self._denoiser(input, sigma, **kwargs)
+
+
+class CompVisVDenoiser(DiscreteVDDPMDenoiser):
+    """A CompVis latent-diffusion v model (Stable Diffusion 2.x 768-v): v = ``model.apply_model``."""
+
+    def __init__(self, model, quantize=False, device="cpu"):
+        super().__init__(model, model.alphas_cumprod, quantize=quantize)
+
+    def get_v(self, x, t, cond, **kwargs):
+        return self.inner_model.apply_model(x, t, cond)
+
+
+# -- the two namespaces, so that `K.sampling.X` / `K.external.X` and
+#    `import ksampling.kdiffusion.sampling` work as with k_diffusion ------------------------------
+_SAMPLING_NAMES = [n for n in __all__ if n not in ("sampling", "external")] + ["PIDStepSizeController"]
+_EXTERNAL_NAMES = [
+    "VDenoiser", "DiscreteSchedule", "DiscreteEpsDDPMDenoiser", "OpenAIDenoiser", "CompVisDenoiser",
+    "DiscreteVDDPMDenoiser", "CompVisVDenoiser",
+]
+
+
+class _Namespace(types.ModuleType):
+    def __getattr__(self, name):
+        value = getattr(sys.modules[__name__], name) if name in self._names else None
+        if value is None:
+            raise AttributeError(f"module {self.__name__!r} has no attribute {name!r}")
+        return value
+
+    def __dir__(self):
+        return sorted(self._names)
+
+
+def _namespace(name, names, doc):
+    module = _Namespace(f"{__name__}.{name}", doc)
+    module._names = frozenset(names)
+    module.__all__ = list(names)
+    sys.modules[module.__name__] = module
+    return module
+
+
+sampling = _namespace("sampling", _SAMPLING_NAMES, "k_diffusion.sampling on ksampling (see ksampling.kdiffusion).")
+external = _namespace("external", _EXTERNAL_NAMES, "k_diffusion.external on ksampling (see ksampling.kdiffusion).")
+sampling.append_zero  # noqa: B018 - fail at import if a name is missing
+__all__ += _EXTERNAL_NAMES + ["PIDStepSizeController"]

@@ -18,6 +18,9 @@ from reference import k_diffusion
 
 RTOL = 1e-8
 
+# k-diffusion's sample_dpm_fast/adaptive call torch.tensor() on the tensors they are given
+pytestmark = pytest.mark.filterwarnings("ignore:To copy construct from a tensor:UserWarning")
+
 
 class ToyDenoiser(torch.nn.Module):
     """A smooth nonlinear D(x; σ) that mixes pixels (not the posterior mean of any data:
@@ -251,3 +254,265 @@ def test_bad_input_is_a_clear_error():
 
     with pytest.raises(ValueError, match="non-finite"):
         KS.sample_euler(nan_model, x, grid(), disable=True)
+
+
+class float64_default:
+    """k-diffusion's DPMSolver builds its λ grid with torch.linspace in the *default* dtype
+    (float32), whatever the dtype of x and of the sigmas: run it with float64 as the default
+    so that the reference is float64 throughout."""
+
+    def __enter__(self):
+        self.previous = torch.get_default_dtype()
+        torch.set_default_dtype(torch.float64)
+
+    def __exit__(self, *exc):
+        torch.set_default_dtype(self.previous)
+
+
+def _dpm_callback_compare(ours, theirs, keys):
+    assert len(ours) == len(theirs) > 0
+    for a, b in zip(ours, theirs):
+        assert keys <= set(b) and set(a) <= set(b)
+        assert set(a) == keys
+        for key in keys:
+            if isinstance(b[key], torch.Tensor) and b[key].numel() > 1:
+                assert rel_err(a[key], b[key]) < RTOL, key
+            else:
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-10, abs=1e-12), key
+
+
+@pytest.mark.parametrize("options", [{}, {"eta": 0.5}])
+def test_dpm_fast_matches_k_diffusion(options):
+    _needs("dpm_fast")
+    K = k_diffusion()
+    model, x = ToyDenoiser(), start(6)
+    smin, smax = torch.tensor(0.05, dtype=torch.float64), torch.tensor(10.0, dtype=torch.float64)
+    for n in (7, 9, 10):
+        kwargs = dict(options, noise_sampler=keyed_noise(x))
+        theirs_cb, ours_cb = [], []
+        with float64_default():
+            theirs = K.sampling.sample_dpm_fast(model, x, smin, smax, n, callback=_record(theirs_cb), disable=True, **kwargs)
+        ours = KS.sample_dpm_fast(model, x, smin, smax, n, callback=_record(ours_cb), disable=True, **kwargs)
+        assert rel_err(ours, theirs) < RTOL, (n, options)
+        _dpm_callback_compare(ours_cb, theirs_cb, {"x", "i", "sigma", "sigma_hat", "t", "t_up", "denoised"})
+    with pytest.raises(ValueError, match="sigma_min"):
+        KS.sample_dpm_fast(model, x, 0.0, 10.0, 5, disable=True)
+
+
+@pytest.mark.parametrize("options", [{}, {"order": 2, "rtol": 0.01}, {"eta": 0.5}])
+def test_dpm_adaptive_matches_k_diffusion(options):
+    _needs("dpm_adaptive")
+    K = k_diffusion()
+    model, x = ToyDenoiser(), start(7)
+    smin, smax = torch.tensor(0.05, dtype=torch.float64), torch.tensor(10.0, dtype=torch.float64)
+    kwargs = dict(options, noise_sampler=keyed_noise(x), return_info=True)
+    theirs_cb, ours_cb = [], []
+    with float64_default():
+        theirs, theirs_info = K.sampling.sample_dpm_adaptive(model, x, smin, smax, callback=_record(theirs_cb), disable=True, **kwargs)
+    ours, ours_info = KS.sample_dpm_adaptive(model, x, smin, smax, callback=_record(ours_cb), disable=True, **kwargs)
+    assert rel_err(ours, theirs) < RTOL
+    assert ours_info == theirs_info and theirs_info["n_reject"] >= 0 and theirs_info["steps"] > 3
+    keys = {"x", "i", "sigma", "sigma_hat", "t", "t_up", "denoised", "steps", "nfe", "n_accept", "n_reject"}
+    _dpm_callback_compare(ours_cb, theirs_cb, keys)
+    plain = KS.sample_dpm_adaptive(model, x, 0.05, 10.0, disable=True, **dict(options, noise_sampler=keyed_noise(x)))
+    assert rel_err(plain, theirs) < RTOL
+
+
+def test_linear_multistep_coeff_matches():
+    K = k_diffusion()
+    t = grid(9).numpy()
+    for order in (1, 2, 3, 4):
+        for i in range(order - 1, 7):
+            for j in range(order):
+                # k-diffusion integrates with scipy's quad (epsrel 1e-4, exact for these
+                # low-degree polynomials in practice); ksampling integrates exactly.
+                assert KS.linear_multistep_coeff(order, t, i, j) == pytest.approx(
+                    K.sampling.linear_multistep_coeff(order, t, i, j), rel=1e-9, abs=1e-12
+                )
+    with pytest.raises(ValueError, match="too high"):
+        KS.linear_multistep_coeff(3, t, 1, 0)
+
+
+def test_log_likelihood_matches():
+    pytest.importorskip("torchdiffeq")
+    K = k_diffusion()
+
+    def model(x, sigma):  # the exact denoiser of N(0.3, 0.5² I) data
+        s2 = sigma.reshape(-1, 1, 1, 1) ** 2
+        return 0.3 + 0.25 / (0.25 + s2) * (x - 0.3)
+
+    x = start(8)[:, :1, :2, :2] / 10
+    torch.manual_seed(1)
+    theirs, theirs_info = K.sampling.log_likelihood(model, x, 0.01, 20.0)
+    torch.manual_seed(1)
+    ours, ours_info = KS.log_likelihood(model, x, 0.01, 20.0)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)
+    assert ours_info == theirs_info
+    # and it is the log-density of the data convolved with N(0, 0.01²): a closed form
+    var = 0.25 + 0.01**2
+    exact = torch.distributions.Normal(0.3, var**0.5).log_prob(x).flatten(1).sum(1)
+    torch.testing.assert_close(ours, exact, rtol=2e-2, atol=2e-2)
+
+
+def _alphas_cumprod(n=1000):
+    betas = torch.linspace(0.00085**0.5, 0.012**0.5, n, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+class EpsNet(torch.nn.Module):
+    def forward(self, x, t, cond=None):
+        out = torch.sin(x * 1.3 + t.reshape(-1, *([1] * (x.ndim - 1))) / 300)
+        return out if cond is None else out + cond
+
+
+class FakeCompVis:
+    """What CompVisDenoiser needs of a LatentDiffusion model: alphas_cumprod and apply_model."""
+
+    def __init__(self):
+        self.alphas_cumprod = _alphas_cumprod()
+        self.net = EpsNet()
+
+    def apply_model(self, x, t, cond):
+        return self.net(x, t.float(), cond)
+
+
+def test_external_wrappers_match_k_diffusion():
+    K = k_diffusion()
+    ac = _alphas_cumprod()
+    x = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(0)) * 5
+    sigma = torch.tensor([0.03, 1.7, 14.0])
+    cond = torch.randn(3, 2, 4, 4, generator=torch.Generator().manual_seed(1)) * 0.1
+    for quantize in (False, True):
+        pairs = [
+            (KS.external.DiscreteEpsDDPMDenoiser(EpsNet(), ac, quantize), K.external.DiscreteEpsDDPMDenoiser(EpsNet(), ac, quantize), {}),
+            (KS.external.DiscreteVDDPMDenoiser(EpsNet(), ac, quantize), K.external.DiscreteVDDPMDenoiser(EpsNet(), ac, quantize), {}),
+            (KS.external.CompVisDenoiser(FakeCompVis(), quantize), K.external.CompVisDenoiser(FakeCompVis(), quantize), {"cond": cond}),
+            (KS.external.CompVisVDenoiser(FakeCompVis(), quantize), K.external.CompVisVDenoiser(FakeCompVis(), quantize), {"cond": cond}),
+        ]
+        for ours, theirs, kwargs in pairs:
+            torch.testing.assert_close(ours(x, sigma, **kwargs), theirs(x, sigma, **kwargs), rtol=1e-5, atol=1e-5)
+            t_ours, t_theirs = ours.sigma_to_t(sigma), theirs.sigma_to_t(sigma)
+            assert t_ours.dtype == t_theirs.dtype
+            torch.testing.assert_close(t_ours, t_theirs, rtol=1e-5, atol=1e-4)
+            torch.testing.assert_close(ours.sigma_to_t(sigma, quantize=not quantize).double(),
+                                       theirs.sigma_to_t(sigma, quantize=not quantize).double(), rtol=1e-5, atol=1e-4)
+            t = torch.tensor([0.0, 10.5, 999.0])
+            torch.testing.assert_close(ours.t_to_sigma(t), theirs.t_to_sigma(t), rtol=1e-5, atol=0)
+            for n in (None, 7):
+                torch.testing.assert_close(ours.get_sigmas(n), theirs.get_sigmas(n), rtol=1e-5, atol=0)
+            torch.testing.assert_close(ours.sigma_min, theirs.sigma_min)
+            torch.testing.assert_close(ours.sigma_max, theirs.sigma_max)
+            noise = torch.randn_like(x)
+            torch.testing.assert_close(ours.loss(x, noise, sigma, **kwargs), theirs.loss(x, noise, sigma, **kwargs), rtol=1e-4, atol=1e-5)
+            for a, b in zip(ours.get_scalings(sigma), theirs.get_scalings(sigma)):
+                torch.testing.assert_close(a, b)
+
+    class Diffusion:
+        alphas_cumprod = ac.double().numpy()
+
+    class LearnedSigmaNet(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.cat([EpsNet()(x, t), x * 0 + 7], dim=1)
+
+    ours = KS.external.OpenAIDenoiser(LearnedSigmaNet(), Diffusion())
+    theirs = K.external.OpenAIDenoiser(LearnedSigmaNet(), Diffusion())
+    torch.testing.assert_close(ours(x, sigma), theirs(x, sigma), rtol=1e-5, atol=1e-5)
+
+    class VNet(torch.nn.Module):
+        def forward(self, x, t):
+            return torch.cos(x + t.reshape(-1, 1, 1, 1))
+
+    torch.testing.assert_close(KS.external.VDenoiser(VNet())(x, sigma), K.external.VDenoiser(VNet())(x, sigma), rtol=1e-5, atol=1e-5)
+    noise = torch.randn_like(x)
+    torch.testing.assert_close(KS.external.VDenoiser(VNet()).loss(x, noise, sigma), K.external.VDenoiser(VNet()).loss(x, noise, sigma))
+
+
+def test_overridden_get_eps_and_sigma_to_t_are_used():
+    """A1111-style subclasses override get_eps / sigma_to_t; the mirror must call them."""
+    calls = []
+
+    class Custom(KS.external.DiscreteEpsDDPMDenoiser):
+        def get_eps(self, x, t, **kwargs):
+            calls.append(t)
+            return torch.zeros_like(x)
+
+        def sigma_to_t(self, sigma, quantize=None):
+            return sigma * 0 + 42.0
+
+    model = Custom(EpsNet(), _alphas_cumprod(), False)
+    x = torch.randn(2, 1, 2, 2)
+    out = model(x, torch.tensor([1.0, 2.0]))
+    torch.testing.assert_close(out, x)  # ε = 0 -> D = x
+    assert calls and torch.equal(calls[0], torch.tensor([42.0, 42.0]))
+
+
+def k_diffusion_style_script(K, ldm, cond, uncond, steps=8, cfg_scale=5.0, seed=0):
+    """A small A1111/ComfyUI-style function written against k-diffusion's API only."""
+
+    class CFGDenoiser(torch.nn.Module):
+        def __init__(self, model):
+            super().__init__()
+            self.inner_model = model
+
+        def forward(self, x, sigma, cond, uncond, cond_scale):
+            x_in = torch.cat([x] * 2)
+            sigma_in = torch.cat([sigma] * 2)
+            cond_in = torch.cat([uncond, cond])
+            uncond_out, cond_out = self.inner_model(x_in, sigma_in, cond=cond_in).chunk(2)
+            return uncond_out + (cond_out - uncond_out) * cond_scale
+
+    model_wrap = K.external.CompVisDenoiser(ldm)
+    sigma_min, sigma_max = float(model_wrap.sigmas[0]), float(model_wrap.sigmas[-1])
+    sigmas = K.sampling.get_sigmas_karras(steps, sigma_min, sigma_max)
+    torch.manual_seed(seed)
+    x = torch.randn(2, 2, 4, 4) * sigmas[0]
+    seen = []
+
+    def callback(d):
+        seen.append((d["i"], float(d["sigma"]), float(d["denoised"].abs().mean())))
+
+    samples = K.sampling.sample_dpmpp_2m(
+        CFGDenoiser(model_wrap), x, sigmas, extra_args={"cond": cond, "uncond": uncond, "cond_scale": cfg_scale},
+        callback=callback, disable=True,
+    )
+    return samples, seen
+
+
+def test_k_diffusion_script_runs_unchanged_after_swapping_the_import():
+    K = k_diffusion()
+    ldm = FakeCompVis()
+    cond = torch.randn(2, 2, 4, 4, generator=torch.Generator().manual_seed(3)) * 0.2
+    uncond = torch.zeros_like(cond)
+    theirs, theirs_seen = k_diffusion_style_script(K, ldm, cond, uncond)
+    ours, ours_seen = k_diffusion_style_script(KS, ldm, cond, uncond)
+    assert len(ours_seen) == len(theirs_seen) == 8
+    assert [i for i, _, _ in ours_seen] == list(range(8))
+    for (i, s, m), (j, t, n) in zip(ours_seen, theirs_seen):
+        assert i == j and s == pytest.approx(t, rel=1e-5) and m == pytest.approx(n, rel=1e-4)
+    # float32 model and schedule: agreement to float32 accuracy
+    assert rel_err(ours, theirs) < 1e-4
+
+
+def test_namespaces_import_like_k_diffusion():
+    import importlib
+
+    sampling = importlib.import_module("ksampling.kdiffusion.sampling")
+    external = importlib.import_module("ksampling.kdiffusion.external")
+    assert sampling.sample_euler is KS.sample_euler and external.CompVisDenoiser is KS.CompVisDenoiser
+    K = k_diffusion()
+    public = {n for n in dir(K.sampling) if not n.startswith("_") and callable(getattr(K.sampling, n))}
+    imported = {"trange", "tqdm", "odeint", "integrate", "nn", "torch", "math", "torchsde", "utils"}
+    missing = sorted(n for n in public - imported if not hasattr(sampling, n))
+    # DPMSolver (k-diffusion's internal class behind dpm_fast/dpm_adaptive) is not mirrored
+    assert missing == ["DPMSolver"], missing
+    for name in ["VDenoiser", "DiscreteSchedule", "DiscreteEpsDDPMDenoiser", "OpenAIDenoiser", "CompVisDenoiser",
+                 "DiscreteVDDPMDenoiser", "CompVisVDenoiser"]:
+        assert hasattr(external, name)
+    import inspect
+
+    for name in [n for n in public - imported - {"DPMSolver"} if n.startswith(("sample_", "get_"))]:
+        ours_sig = inspect.signature(getattr(sampling, name))
+        theirs_sig = inspect.signature(getattr(K.sampling, name))
+        assert list(ours_sig.parameters) == list(theirs_sig.parameters), name
+        for p in theirs_sig.parameters.values():
+            assert ours_sig.parameters[p.name].default == p.default, (name, p.name)
