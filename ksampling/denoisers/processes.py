@@ -175,7 +175,7 @@ class VPDiscrete(NoiseProcess):
       neighbouring training sigmas and clamped to [0, T−1] (k-diffusion's
       ``DiscreteSchedule.sigma_to_t(quantize=False)``);
     * ``time="round"``: the index whose log σ_k is nearest (``quantize=True``; ties go to the
-      lower index), returned as a float tensor with an integer value.
+      lower index), returned as an int64 tensor as k-diffusion does (embedding tables need it).
 
     ``t_to_sigma`` interpolates log σ linearly over the (fractional) index.
 
@@ -277,7 +277,7 @@ class VPDiscrete(NoiseProcess):
         log_sigma = _as_work(sigma).log()
         if self.time == "round":
             nearest = (log_sigma.reshape(-1, 1) - log_sigmas).abs().argmin(dim=1)
-            return nearest.reshape(sigma.shape).to(_out_dtype(sigma))
+            return nearest.reshape(sigma.shape)
         # index of the last training sigma <= sigma, kept inside [0, T-2] so that both
         # neighbours exist; w outside [0, 1] (sigma beyond the table) is clamped.
         low = torch.searchsorted(log_sigmas, log_sigma.contiguous(), right=True) - 1
@@ -375,8 +375,7 @@ class VPContinuous(NoiseProcess):
             t_max = 0.9946 if schedule == "cosine" else 1.0
         self.t_min = _check_positive_finite("t_min", t_min)
         self.t_max = _check_positive_finite("t_max", t_max)
-        limit = 1.0
-        if not self.t_min < self.t_max <= limit:
+        if not self.t_min < self.t_max <= 1.0:
             raise ValueError(f"need 0 < t_min < t_max <= 1, got t_min={t_min}, t_max={t_max}")
         self._log_cos_0 = math.log(math.cos(self._COSINE_S / (1 + self._COSINE_S) * math.pi / 2))
         self.sigma_min = self._sigma_of_unit_time(self.t_min)
@@ -415,10 +414,8 @@ class VPContinuous(NoiseProcess):
         return vp_alpha(sigma)
 
     def __repr__(self) -> str:
-        return (
-            f"VPContinuous({self.schedule!r}, beta_min={self.beta_min:g}, beta_max={self.beta_max:g}, "
-            f"t_scale={self.t_scale:g}, t_min={self.t_min:g}, t_max={self.t_max:g})"
-        )
+        betas = f", beta_min={self.beta_min:g}, beta_max={self.beta_max:g}" if self.schedule == "linear" else ""
+        return f"VPContinuous({self.schedule!r}{betas}, t_scale={self.t_scale:g}, t_min={self.t_min:g}, t_max={self.t_max:g})"
 
 
 class RectifiedFlow(NoiseProcess):
