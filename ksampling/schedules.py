@@ -4,18 +4,18 @@ Every function returns ``n`` sigmas plus a trailing 0 (``n`` steps, the last one
 as a float64 1-D tensor, descending, on ``device``. All values are computed on the host in
 float64; nothing here depends on torch's default dtype.
 
-==================  =====================================================================
-``karras``          uniform in σ^(1/ρ) (EDM, Karras et al. 2022, eq. 5)
-``exponential``     uniform in log σ (DPM-Solver's uniform logSNR grid)
-``polyexponential`` log σ uniform in a power ρ of the ramp (k-diffusion)
-``vp``              the continuous VP-SDE's σ(t), t uniform (Song et al. 2021)
-``discrete``        uniform in a discrete model's own time (DDPM / diffusers spacings)
-``kl_optimal``      uniform in arctan σ (Align Your Steps' closed form, Sabour et al. 2024)
-``ays``             NVIDIA's published 10-step Align Your Steps tables
-``beta``            σ at the quantiles of a Beta(α, β) distribution (Lee et al. 2024)
-``flow``            uniform rectified-flow time, time-shifted (SD3, Esser et al. 2024)
-``flow_shift``      the SD3 time shift applied to any grid
-==================  =====================================================================
+| function | spacing | source |
+|---|---|---|
+| `karras` | uniform in σ^(1/ρ) | EDM, Karras et al. 2022, eq. 5 |
+| `exponential` | uniform in log σ | DPM-Solver's uniform logSNR grid (Lu et al. 2022) |
+| `polyexponential` | log σ uniform in a power ρ of the ramp | k-diffusion |
+| `vp` | the continuous VP-SDE's σ(t), t uniform | Song et al. 2021 |
+| `discrete` | uniform in a discrete model's own time | DDPM / diffusers spacings (Lin et al. 2024) |
+| `kl_optimal` | uniform in arctan σ | Align Your Steps' closed form (Sabour et al. 2024) |
+| `ays` | NVIDIA's published 10-step tables | Align Your Steps (Sabour et al. 2024) |
+| `beta` | σ at the quantiles of a Beta(α, β) | Lee et al. 2024 |
+| `flow` | uniform rectified-flow time, time-shifted | SD3, Esser et al. 2024 |
+| `flow_shift` | the SD3 time shift applied to any grid | SD3, Esser et al. 2024 |
 
 :data:`SCHEDULES`, :func:`available` and :func:`get` give the schedules that are defined by
 ``(n, sigma_min, sigma_max)`` by name, so that benchmarks can loop over them.
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import math
 from numbers import Integral, Real
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 

@@ -497,11 +497,9 @@ class Empirical(AnalyticDenoiser):
         self.event_shape = data.shape[1:]
         flat = data.reshape(data.shape[0], -1)
         centre = flat.mean(0)
-        centred = flat - centre
         self.register_buffer("data", data)
         self.register_buffer("_centre", centre)
-        self.register_buffer("_centred", centred)
-        self.register_buffer("_half_sq_norms", 0.5 * (centred**2).sum(1))
+        self.register_buffer("_half_sq_norms", 0.5 * ((flat - centre) ** 2).sum(1))
 
     @property
     def n_points(self) -> int:
@@ -509,18 +507,21 @@ class Empirical(AnalyticDenoiser):
 
     @property
     def sigma_data(self) -> float:
-        return math.sqrt((self._centred**2).mean().item())
+        return math.sqrt(((self.data.reshape(self.n_points, -1) - self._centre) ** 2).mean().item())
 
     def _scan(self, x, sigma):
         """Streaming softmax over the data: returns (running max m, Σ_i e^{l_i − m},
         Σ_i e^{l_i − m} y_i) with logits l_i = (x·y_i − ‖y_i‖²/2)/σ² (centred coordinates)."""
-        x_c = x - self._centre.to(x)
+        centre = self._centre.to(x)
+        x_c = x - centre
+        flat_data = self.data.reshape(self.n_points, -1)
         inv_var = 1.0 / (sigma**2).clamp(min=_variance_floor(x.dtype))
         running_max = torch.full((x.shape[0], 1), -math.inf, dtype=x.dtype, device=x.device)
         total = torch.zeros_like(running_max)
         weighted = torch.zeros_like(x)
         for start in range(0, self.n_points, self.chunk_size):
-            points = self._centred[start : start + self.chunk_size].to(x)
+            # centred on the fly (one copy of the data in memory)
+            points = flat_data[start : start + self.chunk_size].to(x) - centre
             logits = (x_c @ points.T - self._half_sq_norms[start : start + self.chunk_size].to(x)) * inv_var
             new_max = torch.maximum(running_max, logits.amax(1, keepdim=True))
             rescale = torch.exp(running_max - new_max)
