@@ -363,6 +363,10 @@ def discrete(
     linearly between neighbouring indices (diffusers' ``EulerDiscreteScheduler``, whose sigmas
     this reproduces); ``"log"`` interpolates log σ (k-diffusion's ``DiscreteSchedule``);
     ``False``/``"nearest"`` rounds t to the nearest index (only training sigmas are used).
+
+    Two deliberate differences from diffusers: with n = 1, ``"linspace"`` gives σ_{T−1} (diffusers'
+    ``np.linspace(0, T−1, 1)`` gives σ_0), and a ``steps_offset`` that would push ``"leading"``
+    past t = T−1 is an error here (diffusers silently clamps it to σ_{T−1}).
     """
     n = _check_n(n)
     sigmas_t = _train_sigmas(train_sigmas, alphas_cumprod)
