@@ -1,4 +1,4 @@
-"""Prediction types: turn a network's output into the denoiser D(x; σ), and back.
+r"""Prediction types: turn a network's output into the denoiser D(x; σ), and back.
 
 A network of a :class:`~ksampling.denoisers.processes.NoiseProcess` is called as
 ``network(x_net, t, **extra_args)`` with ``x_net = x · input_scale(σ)`` and
@@ -6,16 +6,14 @@ A network of a :class:`~ksampling.denoisers.processes.NoiseProcess` is called as
 ``x = x0 + σ n`` in the VE state space, ``α`` the process's signal coefficient
 (``x_net = α x0 + s n``, ``s = σ α``) and ``F`` the network's output,
 
-=========  ==========================================  =====================================
-kind       what an ideal network outputs               D(x; σ)
-=========  ==========================================  =====================================
-eps        ε̂ = E[n | x]  (Ho et al. 2020)               ``x − σ F``
-x0         E[x0 | x]  ("sample")                        ``F``
-v          α ε̂ − s x̂0  (Salimans & Ho 2022)             ``(x − σ F/α) / (1 + σ²)``
-score      ∇ log p(x_net), the network's own space      ``x + σ² α F``  (ε̂ = −s F)
-flow       n̂ − x̂0, the rectified-flow velocity         ``(x − σ F)/(1 + σ) = x_t − t F``
-mean       μ of q(x_{t−1} | x_t, x̂0)  (DDPM's μ)        ``(F − c1 x_net)/c0``
-=========  ==========================================  =====================================
+| kind | what an ideal network outputs | D(x; σ) |
+|---|---|---|
+| eps | ε̂ = E[n \| x] (Ho et al. 2020) | `x − σ F` |
+| x0 | E[x0 \| x] ("sample") | `F` |
+| v | α ε̂ − s x̂0 (Salimans & Ho 2022) | `(x − σ F/α) / (1 + σ²)` |
+| score | ∇ log p(x_net), the network's own space (Song et al. 2021) | `x + σ² α F` (ε̂ = −s F) |
+| flow | n̂ − x̂0, the rectified-flow velocity | `(x − σ F)/(1 + σ) = x_t − t F` |
+| mean | μ of q(x_{t−1} \| x_t, x̂0) (DDPM's μ-parameterisation) | `(F − c1 x_net)/c0` |
 
 For the VP process (α = 1/√(1+σ²)) the v row is ``α² x − σ α F`` and the score row is
 ``x + σ² α F = x − σ ε̂`` (score-SDE VP networks predict ∇ log p of ``x_vp``, −ε/s; for VE,
