@@ -67,6 +67,16 @@ def test_dict_conditioning_is_concatenated_per_key():
     torch.testing.assert_close(guided, d_uncond + 4.0 * (d_cond - d_uncond))
 
 
+def test_a_batch_of_one_conditioning_is_broadcast():
+    x, sigma, cond, _ = _inputs(seed=3)
+    model = ConditionalGaussian()
+    guided = ClassifierFreeGuidance(model, 2.5)(x, sigma, cond=cond[:1], uncond=torch.zeros(1, 3, dtype=F64))
+    assert model.batches == [10]
+    d_cond = ConditionalGaussian()(x, sigma, cond[:1].expand(5, 3))
+    d_uncond = ConditionalGaussian()(x, sigma, torch.zeros(5, 3, dtype=F64))
+    torch.testing.assert_close(guided, d_uncond + 2.5 * (d_cond - d_uncond))
+
+
 def test_sigma_interval_is_decided_per_sample():
     x, sigma, cond, uncond = _inputs(batch=6)
     lo, hi = 0.3, 5.0
@@ -160,6 +170,8 @@ def test_bad_construction(kwargs, exc, name):
         (dict(cond=torch.zeros(5, 3, dtype=F64), uncond=torch.zeros(5, 4, dtype=F64)), ValueError, "same shape"),
         (dict(cond={"a": torch.zeros(5, 3)}, uncond={"b": torch.zeros(5, 3)}), ValueError, "same keys"),
         (dict(cond=torch.zeros(5, 3, dtype=F64), uncond=None), TypeError, "uncond"),
+        (dict(cond=torch.zeros(4, 3, dtype=F64), uncond=torch.zeros(4, 3, dtype=F64)), ValueError, "cond must have the batch"),
+        (dict(cond={"a": torch.zeros(5, 3)}, uncond={"a": torch.zeros(2, 3)}), ValueError, r"uncond\['a'\] must have the batch"),
     ],
 )
 def test_bad_call(call_kwargs, exc, name):

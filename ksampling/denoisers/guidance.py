@@ -19,18 +19,28 @@ from .base import Denoiser
 __all__ = ["ClassifierFreeGuidance"]
 
 
-def _concat(cond, uncond, cond_key: str, uncond_key: str):
-    """cat([cond, uncond]) on dim 0: tensors, or dicts of tensors concatenated per key."""
+def _concat(cond, uncond, batch: int, cond_key: str, uncond_key: str):
+    """cat([cond, uncond]) on dim 0: tensors, or dicts of tensors concatenated per key.
+    A batch of 1 is broadcast to the batch of x (one prompt for all samples)."""
     if isinstance(cond, torch.Tensor) and isinstance(uncond, torch.Tensor):
-        if cond.shape[1:] != uncond.shape[1:] or cond.shape[0] != uncond.shape[0]:
+        parts = []
+        for name, value in ((cond_key, cond), (uncond_key, uncond)):
+            if value.ndim == 0 or value.shape[0] not in (1, batch):
+                raise ValueError(
+                    f"{name} must have the batch of x ({batch}) or 1 on dim 0, got shape {tuple(value.shape)}"
+                )
+            parts.append(value.expand(batch, *value.shape[1:]))
+        if parts[0].shape != parts[1].shape:
             raise ValueError(
                 f"{cond_key} and {uncond_key} must have the same shape, got {tuple(cond.shape)} and {tuple(uncond.shape)}"
             )
-        return torch.cat([cond, uncond])
+        return torch.cat(parts)
     if isinstance(cond, dict) and isinstance(uncond, dict):
         if set(cond) != set(uncond):
             raise ValueError(f"{cond_key} and {uncond_key} must have the same keys, got {sorted(cond)} and {sorted(uncond)}")
-        return {key: _concat(cond[key], uncond[key], f"{cond_key}[{key!r}]", f"{uncond_key}[{key!r}]") for key in cond}
+        return {
+            key: _concat(cond[key], uncond[key], batch, f"{cond_key}[{key!r}]", f"{uncond_key}[{key!r}]") for key in cond
+        }
     raise TypeError(
         f"{cond_key} and {uncond_key} must both be tensors or both dicts of tensors, "
         f"got {type(cond).__name__} and {type(uncond).__name__}"
@@ -41,7 +51,7 @@ class ClassifierFreeGuidance(Denoiser):
     """Classifier-free guidance around a conditional denoiser, in one batched model call.
 
     ``forward(x, sigma, **extra_args)`` takes the conditioning from ``extra_args[cond_key]``
-    and ``extra_args[uncond_key]`` (tensors with the batch on dim 0, or dicts of such tensors),
+    and ``extra_args[uncond_key]`` (tensors with the batch, or 1, on dim 0, or dicts of such tensors),
     calls ``denoiser`` once on ``[x; x]`` with ``cond_key = cat([cond, uncond])`` (other extra
     arguments are passed through unchanged) and returns ``D_u + w (D_c − D_u)``, where w is
     ``scale`` for the samples whose σ lies in ``sigma_interval = (lo, hi)`` (inclusive; default:
@@ -111,7 +121,7 @@ class ClassifierFreeGuidance(Denoiser):
             return call(x, sigma, cond)
 
         batch = x.shape[0]
-        both, variance = call(torch.cat([x, x]), torch.cat([sigma, sigma]), _concat(cond, uncond, self.cond_key, self.uncond_key))
+        both, variance = call(torch.cat([x, x]), torch.cat([sigma, sigma]), _concat(cond, uncond, batch, self.cond_key, self.uncond_key))
         denoised_cond, denoised_uncond = both[:batch], both[batch:]
         if variance is not None:
             variance = type(variance)(variance.kind, variance.value[:batch])
