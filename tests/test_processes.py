@@ -156,6 +156,14 @@ def test_discrete_keeps_the_input_dtype_and_float64_tables():
     torch.testing.assert_close(process.sigma_to_t(sigma), process.sigma_to_t(sigma.double()).float(), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("process", [VPDiscrete(), VPContinuous(t_scale=1000), RectifiedFlow(t_scale=1000)], ids=repr)
+def test_network_time_from_half_precision_sigma_is_float32(process):
+    sigma = torch.tensor([0.05, 1.0, 9.0], dtype=torch.float16)
+    t = process.sigma_to_t(sigma)
+    assert t.dtype == torch.float32
+    torch.testing.assert_close(t, process.sigma_to_t(sigma.double()).float(), rtol=1e-6, atol=0)
+
+
 # -- continuous processes: closed forms ----------------------------------------------------------
 
 

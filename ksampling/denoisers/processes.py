@@ -13,7 +13,9 @@ the v-prediction uses it. All maps are plain differentiable torch code with no h
 
 The tables of a discrete process are kept in float64 on the CPU and copied once per device
 (not registered as buffers, so ``module.half()`` never degrades them); arithmetic runs in
-float64 (float32 on devices without it) and the result has the input's dtype.
+float64 (float32 on devices without it) and the result has the input's dtype, except that
+network times from float16/bfloat16 sigmas are float32 (an index near 1000 has a resolution
+of 0.5 in float16).
 """
 
 from __future__ import annotations
@@ -39,6 +41,14 @@ def _as_work(value: torch.Tensor) -> torch.Tensor:
 
 def _out_dtype(value: torch.Tensor) -> torch.dtype:
     return value.dtype if value.is_floating_point() else torch.float64
+
+
+def _time_dtype(sigma: torch.Tensor) -> torch.dtype:
+    """The dtype of a network time computed from ``sigma``: at least float32, because a
+    training index near 1000 has a resolution of 0.5 in float16."""
+    if sigma.dtype in (torch.float16, torch.bfloat16) or not sigma.is_floating_point():
+        return torch.float32 if sigma.is_floating_point() else torch.float64
+    return sigma.dtype
 
 
 def vp_alpha(sigma: torch.Tensor) -> torch.Tensor:
@@ -284,7 +294,7 @@ class VPDiscrete(NoiseProcess):
         low = low.clamp(0, len(log_sigmas) - 2)
         log_low, log_high = log_sigmas[low], log_sigmas[low + 1]
         w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
-        return ((1 - w) * low + w * (low + 1)).to(_out_dtype(sigma))
+        return ((1 - w) * low + w * (low + 1)).to(_time_dtype(sigma))
 
     def t_to_sigma(self, t):
         log_sigmas = self._log_sigmas_on(t.device)
@@ -408,7 +418,7 @@ class VPContinuous(NoiseProcess):
             s = self._COSINE_S
             cos_theta = torch.exp(-0.5 * log1p_sigma2 + self._log_cos_0)
             t = torch.arccos(cos_theta) * (2 * (1 + s) / math.pi) - s
-        return (t * self.t_scale).to(_out_dtype(sigma))
+        return (t * self.t_scale).to(_time_dtype(sigma))
 
     def alpha(self, sigma):
         return vp_alpha(sigma)
@@ -442,6 +452,7 @@ class RectifiedFlow(NoiseProcess):
         self.sigma_max = self.shift * self.t_max / (1 - self.t_max)
 
     def sigma_to_t(self, sigma):
+        sigma = sigma.to(_time_dtype(sigma))
         return sigma / (1 + sigma) * self.t_scale
 
     def t_to_sigma(self, t):
