@@ -89,6 +89,14 @@ def test_zero_terminal_snr_matches_diffusers_and_is_clamped():
     assert ours.alphas_cumprod[0].item() == pytest.approx(plain.alphas_cumprod[0].item(), rel=1e-12)
 
 
+def test_a_schedule_that_already_ends_at_zero_snr_is_clamped():
+    # e.g. diffusers' rescaled betas passed as trained betas (last β = 1)
+    rescaled = VPDiscrete(beta_schedule="scaled_linear", rescale_zero_terminal_snr=True)
+    again = VPDiscrete(betas=rescaled.betas, rescale_zero_terminal_snr=True)
+    torch.testing.assert_close(again.alphas_cumprod, rescaled.alphas_cumprod, rtol=1e-12, atol=0)
+    assert again.sigma_max == rescaled.sigma_max
+
+
 def test_betas_and_alphas_cumprod_inputs_agree():
     betas = torch.linspace(1e-4, 0.02, 100, dtype=F64)
     from_betas = VPDiscrete(betas=betas)
@@ -257,7 +265,9 @@ def test_no_host_syncs(process):
         (dict(betas=[[0.1, 0.2]]), ValueError, "betas"),
         (dict(betas=["a", "b"]), TypeError, "betas"),
         (dict(alphas_cumprod=[0.9, 0.95]), ValueError, "alphas_cumprod"),
-        (dict(alphas_cumprod=[0.9, 0.0]), ValueError, "alphas_cumprod"),
+        (dict(alphas_cumprod=[0.9, 0.0]), ValueError, "rescale_zero_terminal_snr=True"),
+        (dict(betas=[0.1, 0.5, 1.0]), ValueError, "rescale_zero_terminal_snr=True"),
+        (dict(alphas_cumprod=[0.9, 0.0, 0.0]), ValueError, "alphas_cumprod"),
         (dict(alphas_cumprod=[0.9, float("nan")]), ValueError, "alphas_cumprod"),
         (dict(beta_schedule="squaredcos_cap_v2", beta_start=0.1), ValueError, "beta_start"),
     ],

@@ -231,8 +231,8 @@ class VPDiscrete(NoiseProcess):
             self.beta_schedule = None
         elif alphas_cumprod is not None:
             alphas_cumprod = _as_float64_vector("alphas_cumprod", alphas_cumprod)
-            if not ((alphas_cumprod > 0).all() and (alphas_cumprod <= 1).all()):
-                raise ValueError("alphas_cumprod must lie in (0, 1] (use rescale_zero_terminal_snr for a zero end)")
+            if not ((alphas_cumprod[:-1] > 0).all() and (alphas_cumprod >= 0).all() and (alphas_cumprod <= 1).all()):
+                raise ValueError("alphas_cumprod must lie in (0, 1] (only the last may be 0)")
             if not (alphas_cumprod[1:] < alphas_cumprod[:-1]).all():
                 raise ValueError("alphas_cumprod must be strictly decreasing")
             self.beta_schedule = None
@@ -243,6 +243,11 @@ class VPDiscrete(NoiseProcess):
             if num_train_timesteps < 2:
                 raise ValueError(f"num_train_timesteps must be >= 2, got {num_train_timesteps}")
             alphas_cumprod = torch.cumprod(1 - self._schedule_betas(num_train_timesteps, beta_start, beta_end), 0)
+        if alphas_cumprod[-1].item() == 0 and not rescale_zero_terminal_snr:
+            raise ValueError(
+                "the schedule ends at alphas_cumprod = 0 (zero terminal SNR, sigma_max = inf): "
+                "pass rescale_zero_terminal_snr=True, which clamps the last value to 2**-24"
+            )
         if rescale_zero_terminal_snr:
             alphas_cumprod = _rescale_zero_terminal_snr(alphas_cumprod)
         self.rescale_zero_terminal_snr = bool(rescale_zero_terminal_snr)
