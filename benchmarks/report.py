@@ -1,0 +1,426 @@
+"""Tables, JSON, plots and the docs page of a benchmark run.
+
+* :func:`text_report`: the tables printed on stdout: per problem and schedule, solver × NFE
+  budget (pathwise relative RMSE for ODE solvers, W2 or excess NLL for SDE solvers), the
+  fitted order, the best solver per budget and the comparison with k-diffusion at 10 NFE;
+* :func:`write_json`: every measurement and the environment;
+* :func:`make_plots`: error against NFE (log-log, one line per solver), the envelope of the
+  best ksampling solver against k-diffusion's best, the SDE metrics, and digits samples;
+* :func:`markdown_report`: the same tables for ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterable
+
+from .metrics import fit_order
+
+__all__ = ["text_report", "write_json", "load_json", "make_plots", "markdown_report", "goal_summary", "fitted_orders",
+           "GOAL_NFE"]
+
+GOAL_NFE = 10  # the budget at which ksampling's best is compared with k-diffusion's best
+
+
+def _fmt(value) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    return f"{value:.1e}" if abs(value) >= 1e-99 or value == 0 else f"{value:.0e}"
+
+
+def _fmt_signed(value) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _metric_of(record) -> tuple[str, float | None]:
+    if record["kind"] == "ode" and "rel_rmse" in record:
+        return "rel_rmse", record["rel_rmse"]
+    if "w2" in record:
+        return "w2", record["w2"]
+    if "excess_nll" in record:
+        return "excess_nll", record["excess_nll"]
+    return "", None
+
+
+def _order_key(label: str) -> tuple:
+    return (label.startswith("kd:"), label)
+
+
+def _rows(records, problem, schedule, kind, metric):
+    """{label: {budget: record}} for the table of (problem, schedule); grid-free solvers join
+    every schedule's table."""
+    rows: dict[str, dict[int, dict]] = defaultdict(dict)
+    for r in records:
+        if r["problem"] != problem or r["kind"] != kind or r.get(metric) is None:
+            continue
+        if r["schedule"] not in (schedule, "-"):
+            continue
+        label = r["label"] + ("*" if r["schedule"] == "-" else "")
+        rows[label][r["nfe_budget"]] = r
+    return dict(sorted(rows.items(), key=lambda kv: _order_key(kv[0])))
+
+
+def fitted_orders(records, metric: str = "rel_rmse", min_nfe: int = 10) -> dict[tuple[str, str, str], float]:
+    """{(problem, label, schedule): order}: minus the slope of log error vs log counted NFE,
+    over the budgets >= ``min_nfe`` (all budgets when fewer than two are that large)."""
+    groups: dict[tuple[str, str, str], list] = defaultdict(list)
+    for r in records:
+        if r.get(metric) is not None and r["kind"] == "ode":
+            groups[(r["problem"], r["label"], r["schedule"])].append((r["nfe"], r[metric]))
+    orders = {}
+    for key, points in groups.items():
+        high = [p for p in points if p[0] >= min_nfe]
+        use = high if len({p[0] for p in high}) >= 2 else points
+        order = fit_order([p[0] for p in use], [p[1] for p in use])
+        if order is not None:
+            orders[key] = order
+    return orders
+
+
+def _schedules(records, problem):
+    seen = []
+    for r in records:
+        if r["problem"] == problem and r["schedule"] != "-" and r["schedule"] not in seen:
+            seen.append(r["schedule"])
+    return seen
+
+
+def _budgets(records, problem):
+    return sorted({r["nfe_budget"] for r in records if r["problem"] == problem})
+
+
+_TITLES = {
+    "rel_rmse": "ODE solvers: RMSE / data std at sigma_min against the exact solution from the same noise",
+    "w2": "SDE solvers: exact W2 between the output law and the true law at sigma_min",
+    "excess_nll": "SDE solvers: NLL of samples minus NLL of exact samples (nats; < 0 = too concentrated)",
+}
+
+
+def _tables(results, problem, fmt_row) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table of one problem."""
+    records = results["records"]
+    budgets = _budgets(records, problem)
+    orders = fitted_orders(records)
+    out = []
+    for kind, metric in (("ode", "rel_rmse"), ("sde", "w2"), ("sde", "excess_nll")):
+        for schedule in _schedules(records, problem):
+            rows = _rows(records, problem, schedule, kind, metric)
+            if not rows:
+                continue
+            header = ["solver"] + [str(b) for b in budgets] + (["order"] if kind == "ode" else [])
+            body = []
+            for label, cells in rows.items():
+                row = [label] + [fmt_row(metric, cells.get(b, {}).get(metric)) for b in budgets]
+                if kind == "ode":
+                    sched = "-" if label.endswith("*") else schedule
+                    order = orders.get((problem, label.rstrip("*"), sched))
+                    row.append("-" if order is None else f"{order:.2f}")
+                body.append(row)
+            out.append((f"{problem} | {schedule} | {_TITLES[metric]}", header, body))
+    return out
+
+
+def _cell(metric, value):
+    return _fmt_signed(value) if metric == "excess_nll" else _fmt(value)
+
+
+def goal_summary(results, nfe: int = GOAL_NFE) -> list[dict[str, Any]]:
+    """Per problem: the best ksampling ODE solver + schedule at ``nfe`` NFE against the best
+    k-diffusion sampler on its Karras grid, by relative RMSE (counted NFE <= nfe)."""
+    summary = []
+    problems = list(results["problems"])
+    for problem in problems:
+        ours = [r for r in results["records"] if r["problem"] == problem and r["kind"] == "ode"
+                and r.get("rel_rmse") is not None and r["nfe"] <= nfe and r["nfe_budget"] == nfe]
+        best_ours = min((r for r in ours if r["impl"] == "ksampling"), key=lambda r: r["rel_rmse"], default=None)
+        best_kd = min((r for r in ours if r["impl"] == "k-diffusion" and r["schedule"] in ("karras", "-")),
+                      key=lambda r: r["rel_rmse"], default=None)
+        if best_ours is None:
+            continue
+        entry = {"problem": problem, "kind": results["problems"][problem]["kind"], "nfe": nfe,
+                 "ours": {k: best_ours[k] for k in ("solver", "schedule", "nfe", "rel_rmse")}}
+        if best_kd is not None:
+            entry["k-diffusion"] = {k: best_kd[k] for k in ("solver", "schedule", "nfe", "rel_rmse")}
+            entry["ratio"] = best_ours["rel_rmse"] / best_kd["rel_rmse"]
+        summary.append(entry)
+    return summary
+
+
+def _best_per_budget(records, problem):
+    best = {}
+    for r in records:
+        if r["problem"] == problem and r["kind"] == "ode" and r["impl"] == "ksampling" and r.get("rel_rmse") is not None:
+            b = r["nfe_budget"]
+            if b not in best or r["rel_rmse"] < best[b]["rel_rmse"]:
+                best[b] = r
+    return [best[b] for b in sorted(best)]
+
+
+def _text_table(title, header, rows) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    lines = [title, "  ".join(h.rjust(w) if i else h.ljust(w) for i, (h, w) in enumerate(zip(header, widths)))]
+    for row in rows:
+        lines.append("  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def text_report(results) -> str:
+    """The stdout report of a run."""
+    meta = results["meta"]
+    parts = [
+        f"ksampling {meta['ksampling']} | torch {meta['torch']} | {meta['device']} | seed {meta['config']['seed']} | "
+        f"{meta['config']['batch']} samples per pathwise run | {meta['seconds']:.0f} s",
+        "Errors at sigma_min = 0.002 after integrating from sigma_max = 80; NFE counted. "
+        "kd: = k-diffusion 0.1.1 on the Karras grid; * = chooses its own steps.",
+    ]
+    for problem, info in results["problems"].items():
+        parts.append("")
+        parts.append(f"== {problem}: {info['description']} (dim {info['dim']}, data std {info['data_std']:.3g}, "
+                     f"reference: {info['reference']})")
+        if "exact_samples" in info:
+            parts.append(f"   exact samples: NLL {info['exact_samples']['nll']:.3f}")
+        for title, header, rows in _tables(results, problem, _cell):
+            parts.append("")
+            parts.append(_text_table(title, header, rows))
+        best = _best_per_budget(results["records"], problem)
+        if best:
+            parts.append("")
+            parts.append("best ksampling ODE solver per budget: " + "; ".join(
+                f"{r['nfe_budget']}: {r['solver']}/{r['schedule']} {_fmt(r['rel_rmse'])}" for r in best))
+    goals = goal_summary(results)
+    if goals:
+        parts.append("")
+        parts.append(f"== best at {GOAL_NFE} NFE: ksampling (any schedule) against k-diffusion (Karras grid); "
+                     "goal: ratio <= 0.5 on the mixtures")
+        for g in goals:
+            line = (f"{g['problem']:12s} ours {g['ours']['solver']}/{g['ours']['schedule']} "
+                    f"{_fmt(g['ours']['rel_rmse'])}")
+            if "ratio" in g:
+                kd = g["k-diffusion"]
+                line += f"  k-diffusion {kd['solver']}/{kd['schedule']} {_fmt(kd['rel_rmse'])}  ratio {g['ratio']:.2f}"
+            parts.append(line)
+    return "\n".join(parts)
+
+
+def write_json(results, path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {k: v for k, v in results.items() if k != "pictures"}
+    payload["goal"] = goal_summary(results)
+    payload["orders"] = [{"problem": p, "label": l, "schedule": s, "order": o}
+                         for (p, l, s), o in sorted(fitted_orders(results["records"]).items())]
+    path.write_text(json.dumps(payload, indent=1, default=float))
+    return path
+
+
+def load_json(path) -> dict[str, Any]:
+    results = json.loads(Path(path).read_text())
+    results.setdefault("pictures", {})
+    return results
+
+
+# -- plots ----------------------------------------------------------------------------------
+def _plt():
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - matplotlib is a bench extra
+        raise ImportError("the plots need matplotlib: pip install ksampling[bench] (or run with --no-plots)") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _styles(labels: Iterable[str]):
+    plt = _plt()
+    cmap = plt.get_cmap("tab20")
+    styles, ours = {}, [l for l in labels if not l.startswith("kd:")]
+    for i, label in enumerate(ours):
+        styles[label] = dict(color=cmap(i % 20), linestyle=("-", "--", ":", "-.")[(i // 20) % 4], marker=".")
+    for label in labels:
+        if label.startswith("kd:"):
+            styles[label] = dict(color="black", linestyle=":", marker="x", alpha=0.6)
+    return styles
+
+
+def _grid_axes(n):
+    plt = _plt()
+    cols = min(3, n)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat)[:n]
+
+
+def make_plots(results, out_dir) -> list[Path]:
+    """Write the PNG plots of a run into ``out_dir``; returns their paths."""
+    plt = _plt()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = results["records"]
+    problems = list(results["problems"])
+    written = []
+    ode_problems = [p for p in problems if any(r["problem"] == p and r.get("rel_rmse") is not None for r in records)]
+    schedules = []
+    for p in problems:
+        schedules += [s for s in _schedules(records, p) if s not in schedules]
+    labels = sorted({r["label"] for r in records}, key=_order_key)
+    styles = _styles(labels)
+
+    for schedule in schedules:
+        if not ode_problems:
+            break
+        fig, axes = _grid_axes(len(ode_problems))
+        handles = {}
+        for ax, problem in zip(axes, ode_problems):
+            for label, cells in _rows(records, problem, schedule, "ode", "rel_rmse").items():
+                pts = sorted((r["nfe"], r["rel_rmse"]) for r in cells.values() if r["rel_rmse"] > 0)
+                if pts:
+                    (line,) = ax.plot(*zip(*pts), label=label, **styles[label.rstrip("*")])
+                    handles.setdefault(label, line)
+            ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel="RMSE / data std", title=problem)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+        fig.suptitle(f"ODE solvers on the {schedule} schedule: error at sigma_min against NFE")
+        fig.tight_layout()
+        path = out_dir / f"error_vs_nfe_{schedule}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    if ode_problems:
+        fig, axes = _grid_axes(len(ode_problems))
+        for ax, problem in zip(axes, ode_problems):
+            for impl, style in (("ksampling", dict(color="C0", marker="o")), ("k-diffusion", dict(color="k", marker="x"))):
+                best = {}
+                for r in records:
+                    if r["problem"] == problem and r["impl"] == impl and r.get("rel_rmse") is not None:
+                        if impl == "k-diffusion" and r["schedule"] not in ("karras", "-"):
+                            continue
+                        b = r["nfe_budget"]
+                        if b not in best or r["rel_rmse"] < best[b]:
+                            best[b] = r["rel_rmse"]
+                if best:
+                    label = "ksampling: best solver+schedule" if impl == "ksampling" else "k-diffusion: best on Karras"
+                    ax.plot(list(best), list(best.values()), label=label, **style)
+            ax.set(xscale="log", yscale="log", xlabel="NFE budget", ylabel="RMSE / data std", title=problem)
+            ax.grid(True, which="both", alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle("Best error per NFE budget: ksampling against k-diffusion")
+        fig.tight_layout()
+        path = out_dir / "best_vs_kdiffusion.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    for metric, ylabel, yscale in (("w2", "W2 to the true law", "log"), ("excess_nll", "NLL - NLL(exact samples)", "linear")):
+        probs = [p for p in problems if any(r["problem"] == p and r["kind"] == "sde" and r.get(metric) is not None
+                                            for r in records)]
+        if not probs:
+            continue
+        schedule = "karras" if "karras" in schedules else (schedules[0] if schedules else "-")
+        fig, axes = _grid_axes(len(probs))
+        handles = {}
+        for ax, problem in zip(axes, probs):
+            for label, cells in _rows(records, problem, schedule, "sde", metric).items():
+                pts = sorted((r["nfe"], r[metric]) for r in cells.values() if math.isfinite(r[metric]))
+                if pts:
+                    (line,) = ax.plot(*zip(*pts), label=label, **styles[label.rstrip("*")])
+                    handles.setdefault(label, line)
+            ax.set(xscale="log", yscale=yscale, xlabel="NFE (counted)", ylabel=ylabel, title=problem)
+            ax.grid(True, which="both", alpha=0.3)
+        fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
+        fig.suptitle(f"SDE solvers on the {schedule} schedule")
+        fig.tight_layout()
+        path = out_dir / f"sde_{metric}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+
+    for problem, pics in results.get("pictures", {}).items():
+        if not pics.get("runs"):
+            continue
+        import numpy as np
+
+        runs = pics["runs"]
+        solvers = sorted({k.split("|")[0] for k in runs})
+        budgets = sorted({int(k.split("|")[1]) for k in runs})
+        fig, axes = plt.subplots(len(solvers), len(budgets) + 1,
+                                 figsize=(1.6 * (len(budgets) + 1), 1.0 * len(solvers) + 0.6), squeeze=False)
+
+        def mosaic(rows):
+            imgs = np.asarray(rows).reshape(-1, 8, 8)[:8]
+            imgs = np.pad(imgs, ((0, 8 - len(imgs)), (0, 0), (0, 0)), constant_values=-1)
+            top = np.concatenate(list(imgs[:4]), axis=1)
+            bottom = np.concatenate(list(imgs[4:8]), axis=1)
+            return np.concatenate([top, bottom], axis=0)
+
+        for i, solver in enumerate(solvers):
+            for j, budget in enumerate(budgets):
+                ax = axes[i][j]
+                key = f"{solver}|{budget}"
+                if key in runs:
+                    ax.imshow(mosaic(runs[key]), cmap="gray_r", vmin=-1, vmax=1)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(f"{budget} NFE", fontsize=8)
+                if j == 0:
+                    ax.set_ylabel(solver, fontsize=8)
+            ax = axes[i][-1]
+            ax.imshow(mosaic(pics["reference"]), cmap="gray_r", vmin=-1, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if i == 0:
+                ax.set_title("exact ODE", fontsize=8)
+        fig.suptitle(f"{problem}: the same 8 initial noises, Karras grid", fontsize=9)
+        fig.tight_layout()
+        path = out_dir / f"samples_{problem}.png"
+        fig.savefig(path, dpi=110, bbox_inches="tight")
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# -- docs -----------------------------------------------------------------------------------
+def _md_table(header, rows) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown_report(results, image_dir: str | None = None, images: Iterable[str] = ()) -> str:
+    """The tables (and image links, relative to the page) of a run, as Markdown."""
+    meta = results["meta"]
+    parts = [
+        f"Run: ksampling {meta['ksampling']}, torch {meta['torch']}, device `{meta['device']}`"
+        + (f" ({meta['device_name']})" if meta.get("device_name") else "")
+        + f", seed {meta['config']['seed']}, {meta['config']['batch']} samples per pathwise run, "
+        f"{meta['seconds'] / 60:.0f} minutes, {meta['timestamp']}.",
+        "",
+    ]
+    goals = goal_summary(results)
+    if goals:
+        parts += [f"### Best at {GOAL_NFE} NFE: ksampling against k-diffusion", ""]
+        rows = []
+        for g in goals:
+            kd = g.get("k-diffusion")
+            rows.append([g["problem"], f"{g['ours']['solver']} / {g['ours']['schedule']}", _fmt(g["ours"]["rel_rmse"]),
+                         f"{kd['solver']} / {kd['schedule']}" if kd else "-", _fmt(kd["rel_rmse"]) if kd else "-",
+                         f"{g['ratio']:.2f}" if "ratio" in g else "-"])
+        parts += [_md_table(["problem", "best ksampling", "error", "best k-diffusion (Karras)", "error", "ratio"], rows), ""]
+    if image_dir:
+        for name in images:
+            parts += [f"![{name}]({image_dir}/{name})", ""]
+    for problem, info in results["problems"].items():
+        parts += [f"### {problem}", "", f"{info['description']}; dimension {info['dim']}, data std "
+                  f"{info['data_std']:.3g}; reference: {info['reference']}.", ""]
+        for title, header, rows in _tables(results, problem, _cell):
+            parts += [f"**{title.split(' | ', 1)[1]}**", "", _md_table(header, rows), ""]
+    return "\n".join(parts)

@@ -1,0 +1,390 @@
+"""Run every solver × schedule × NFE budget on the problems and measure the error.
+
+Where the samplers are compared: at σ_min. Every run integrates from σ_max = 80 down to
+σ_min = 0.002 on a grid that ends at σ_min (the schedule's grid with its trailing 0
+removed), so neither the sampler's own step to σ = 0 nor a final denoising call enters the
+comparison; the reference is the exact ODE solution at σ_min from the same initial noise
+(:mod:`benchmarks.reference`). NFE is what a counting wrapper around the model saw (rows
+evaluated / batch), never assumed: a budget is met by choosing the largest step count whose
+counted NFE (a dry run on a trivial model) fits in it, and budgets a solver cannot meet are
+skipped.
+
+* ODE solvers (those that draw no random numbers at their default settings): pathwise RMSE
+  against the reference; for Gaussian data also the exact W2 / KL of their output law.
+* SDE solvers: no pathwise error (their path is random); for Gaussian data the exact W2 / KL
+  of their (Gaussian) output law; for mixtures the NLL of samples under the true density,
+  minus that of exact samples, and the error in the share of samples per mode.
+* Grid-free solvers: ``dpm_fast`` is given the budget (its ``nfe`` option); ``dpm_adaptive``
+  runs at a ladder of tolerances and each run lands in the smallest budget at least its NFE.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+import ksampling
+from ksampling import samplers, schedules
+from ksampling.samplers.brownian import BrownianTreeNoiseSampler
+from ksampling.samplers.noise import GaussianNoise
+
+from . import kdiff, metrics
+from .problems import Problem, get_problem, initial_noise
+from .reference import reference_solution
+
+__all__ = ["Method", "Config", "CountingModel", "methods_for", "plan_steps", "run_method", "run_suite", "make_grid"]
+
+#: tolerances of the adaptive solvers' runs (rtol; atol = rtol / 10)
+ADAPTIVE_RTOLS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 1e-3, 3e-4, 1e-4)
+#: solvers whose digits samples go into the picture (when they are run)
+PICTURE_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc", "dpmpp_3m", "deis", "ipndm")
+GRID_FREE = "-"  # the schedule name recorded for solvers that choose their own steps
+EXACT_SAMPLES = 20000  # exact samples for the baseline NLL of the mixtures
+
+
+class CountingModel:
+    """Wraps a model and counts its evaluations: ``nfe`` = rows evaluated / batch size, so a
+    solver that calls the model on a half batch or on a doubled batch is counted right."""
+
+    def __init__(self, model: Callable, batch: int):
+        self.model = model
+        self.batch = batch
+        self.calls = 0
+        self.rows = 0
+
+    def __call__(self, x, sigma, **extra_args):
+        self.calls += 1
+        self.rows += x.shape[0]
+        return self.model(x, sigma, **extra_args)
+
+    @property
+    def nfe(self) -> float:
+        nfe = self.rows / self.batch
+        return int(nfe) if nfe == int(nfe) else nfe
+
+
+@dataclass(frozen=True)
+class Method:
+    """A solver of one implementation at its default settings."""
+
+    impl: str  # "ksampling" or "k-diffusion"
+    solver: str
+    kind: str  # "ode" (draws no noise) or "sde"
+    nfe_per_step: int
+    budget_option: str | None = None  # grid-free solvers that take the budget (dpm_fast: "nfe")
+    adaptive: bool = False  # grid-free solvers steered by tolerances (dpm_adaptive)
+    noise: str = "gaussian"  # the default noise: "gaussian" (i.i.d. per call) or "brownian" (a Brownian tree)
+
+    @property
+    def label(self) -> str:
+        return self.solver if self.impl == "ksampling" else f"kd:{self.solver}"
+
+    @property
+    def grid_free(self) -> bool:
+        return self.budget_option is not None or self.adaptive
+
+
+_KDIFF_NFE_PER_STEP = {"heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2}
+_KDIFF_BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")  # k-diffusion's Brownian-tree samplers
+
+
+def methods_for(solvers: Sequence[str], *, with_kdiff: bool = True) -> list[Method]:
+    """The ksampling solvers named (all registered ones if empty) and, with ``with_kdiff``,
+    k-diffusion's samplers of the same names."""
+    methods = []
+    for name in solvers:
+        cls = samplers.get(name)
+        meta = samplers.info(name)
+        kind = "sde" if cls().draws_noise else "ode"
+        fixed = meta.get("fixed_grid", True)
+        budget_option = "nfe" if (not fixed and "nfe" in meta["options"]) else None
+        methods.append(Method("ksampling", name, kind, int(meta["nfe_per_step"]), budget_option,
+                              adaptive=not fixed and budget_option is None, noise=cls.default_noise))
+    if with_kdiff and kdiff.available():
+        for name in kdiff.KDIFF_SAMPLERS:
+            if name not in solvers:
+                continue
+            kind = "sde" if name in kdiff.KDIFF_SDE else "ode"
+            methods.append(Method("k-diffusion", name, kind, _KDIFF_NFE_PER_STEP.get(name, 1),
+                                  "nfe" if name == "dpm_fast" else None, adaptive=name == "dpm_adaptive",
+                                  noise="brownian" if name in _KDIFF_BROWNIAN else "gaussian"))
+    return methods
+
+
+def make_grid(schedule: str, steps: int, sigma_min: float, sigma_max: float) -> list[float]:
+    """``steps + 1`` sigmas from σ_max to σ_min (the schedule's grid without its trailing 0)."""
+    grid = schedules.get(schedule, steps + 1, sigma_min, sigma_max).tolist()
+    if grid[-1] == 0.0:
+        grid = grid[:-1]
+    if len(grid) != steps + 1:
+        raise ValueError(f"schedule {schedule!r} gave {len(grid)} sigmas for {steps} steps")
+    return grid
+
+
+def run_method(method: Method, model: Callable, x: torch.Tensor, grid: Sequence[float], *, budget: int | None = None,
+               noise_sampler=None, generator=None, options: dict | None = None) -> torch.Tensor:
+    """Run one method from x (at grid[0]) down to grid[-1]."""
+    options = dict(options or {})
+    sigma_max, sigma_min = grid[0], grid[-1]
+    if method.budget_option:
+        options[method.budget_option] = budget
+    if method.impl == "ksampling":
+        sigmas = torch.tensor(list(grid) if not method.grid_free else [sigma_max, sigma_min],
+                              dtype=torch.float64, device=x.device)
+        kwargs = {}
+        if method.kind == "sde":
+            kwargs = {"noise_sampler": noise_sampler} if noise_sampler is not None else {"generator": generator}
+        return ksampling.sample(model, x, sigmas, method.solver, **kwargs, **options)
+    sampling = kdiff.load()
+    fn = getattr(sampling, f"sample_{method.solver}")
+    if method.kind == "sde":
+        if noise_sampler is None:
+            # k-diffusion's own default noise draws from the global RNG; give it the same kind of
+            # noise, from the run's generator(s)
+            if method.noise == "brownian":
+                noise_sampler = BrownianTreeNoiseSampler(x, sigma_min, sigma_max, generator=generator)
+            else:
+                noise_sampler = GaussianNoise(x, generator)
+        options["noise_sampler"] = noise_sampler
+    with torch.no_grad():
+        if method.solver == "dpm_fast":
+            return fn(model, x, sigma_min, sigma_max, options.pop("nfe"), disable=True, **options)
+        if method.solver == "dpm_adaptive":
+            return fn(model, x, sigma_min, sigma_max, disable=True, **options)
+        return fn(model, x, torch.tensor(list(grid), dtype=torch.float64, device=x.device), disable=True, **options)
+
+
+class _ZeroNoise:
+    """A noise sampler that returns zeros and records the intervals it was asked for."""
+
+    def __init__(self, like):
+        self.like = like
+        self.intervals: list[tuple[float, float]] = []
+
+    def __call__(self, sigma, sigma_next):
+        self.intervals.append((float(sigma), float(sigma_next)))
+        return torch.zeros_like(self.like)
+
+
+def dry_run(method: Method, grid: Sequence[float], budget: int | None = None) -> tuple[int, list]:
+    """(NFE, noise intervals) of one run on a trivial model (D = 0, one sample): fixed-grid
+    solvers' counts depend only on the grid, not on the model's values."""
+    x = torch.full((1, 1), grid[0], dtype=torch.float64)
+    model = CountingModel(lambda x, sigma: torch.zeros_like(x), 1)
+    noise = _ZeroNoise(x)
+    run_method(method, model, x, grid, budget=budget, noise_sampler=noise)
+    return model.nfe, noise.intervals
+
+
+@dataclass
+class Plan:
+    steps: int | None
+    grid: list[float]
+    nfe: int
+    intervals: list  # the (sigma, sigma_next) of every noise draw
+
+    def noise_mixing(self, noise: str) -> np.ndarray:
+        """L with L Lᵀ = the correlation of the draws (see metrics.affine_output_moments)."""
+        if noise == "brownian":
+            return metrics.mixing_matrix(metrics.brownian_correlation(self.intervals))
+        return np.eye(len(self.intervals))
+
+
+def plan_steps(method: Method, schedule: str, budget: int, sigma_min: float, sigma_max: float) -> Plan | None:
+    """The largest number of steps whose counted NFE fits in ``budget`` (None if none does)."""
+    if method.budget_option:
+        grid = [sigma_max, sigma_min]
+        nfe, intervals = dry_run(method, grid, budget)
+        return Plan(None, grid, nfe, intervals) if nfe <= budget else None
+    cache: dict[int, tuple[int, list]] = {}
+
+    def count(n):
+        if n not in cache:
+            cache[n] = dry_run(method, make_grid(schedule, n, sigma_min, sigma_max))
+        return cache[n]
+
+    n = max(1, budget // max(1, method.nfe_per_step))
+    while n > 1 and count(n)[0] > budget:
+        n -= 1
+    if count(n)[0] > budget:
+        return None
+    while count(n + 1)[0] <= budget:
+        n += 1
+    nfe, intervals = count(n)
+    return Plan(n, make_grid(schedule, n, sigma_min, sigma_max), nfe, intervals)
+
+
+@dataclass
+class Config:
+    problems: list[str]
+    solvers: list[str]
+    schedules: list[str]
+    nfe: list[int]
+    device: str = "cpu"
+    seed: int = 0
+    batch: int = 64
+    dist_samples: int = 1000  # samples per run for the mixture distribution metrics
+    dist_for_ode: bool = False  # also measure the distribution metrics of ODE solvers on mixtures
+    kdiff: bool = True
+    progress: bool = True
+    pictures: int = 8  # digits samples kept per picture cell
+    reference_rtol: float = 1e-10
+
+
+def environment(device: str) -> dict[str, Any]:
+    env = {
+        "ksampling": ksampling.__version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "device": device,
+        "threads": torch.get_num_threads(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    try:
+        import scipy
+
+        env["scipy"] = scipy.__version__
+    except ImportError:  # pragma: no cover
+        pass
+    if device.startswith("cuda") and torch.cuda.is_available():
+        env["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    return env
+
+
+def _dist_metrics(problem: Problem, samples: torch.Tensor) -> dict[str, float]:
+    log_p = problem.log_prob(samples.to(torch.float64), sigma=problem.sigma_min)
+    out = {"nll": float(-log_p.mean())}
+    if problem.modes is not None:
+        out["mode_tv"] = metrics.mode_total_variation(samples, *problem.modes)
+    return out
+
+
+def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the configured benchmark; returns ``{"meta", "problems", "records", "pictures"}``."""
+    from .distributed import generate
+
+    device = torch.device(config.device)
+    methods = methods_for(config.solvers, with_kdiff=config.kdiff)
+    seeds = list(range(config.seed, config.seed + config.batch))
+    dist_seeds = list(range(config.seed + 1_000_000, config.seed + 1_000_000 + config.dist_samples))
+    records: list[dict[str, Any]] = []
+    pictures: dict[str, Any] = {}
+    problem_meta = {}
+    started = time.perf_counter()
+
+    for problem_name in config.problems:
+        problem = get_problem(problem_name, device=device) if problem_name != "digits-net" else \
+            get_problem(problem_name, device=device, progress=config.progress)
+        t0 = time.perf_counter()
+        x_T = initial_noise(problem, seeds, device=device)
+        reference = reference_solution(problem, x_T, rtol=config.reference_rtol, atol=config.reference_rtol)
+        meta = {"description": problem.description, "kind": problem.kind, "dim": problem.dim,
+                "data_std": problem.data_std, "sigma_min": problem.sigma_min, "sigma_max": problem.sigma_max,
+                "reference": "closed form" if problem.exact_solution is not None else
+                f"DOP853 rtol=atol={config.reference_rtol:g}", "reference_seconds": time.perf_counter() - t0,
+                **problem.extra}
+        if problem.kind == "mixture":
+            # the baseline NLL (the entropy of the true law at sigma_min), from many exact samples
+            gen = torch.Generator().manual_seed(config.seed + 2_000_000)
+            exact = problem.sample_data(EXACT_SAMPLES, gen).to(torch.float64)
+            exact = exact + problem.sigma_min * torch.randn(exact.shape, generator=gen, dtype=exact.dtype).to(exact)
+            meta["exact_samples"] = {**_dist_metrics(problem, exact), "n": EXACT_SAMPLES}
+        problem_meta[problem.name] = meta
+        if problem.image_shape is not None:
+            pictures[problem.name] = {"reference": reference[: config.pictures].cpu().numpy().tolist(), "runs": {}}
+
+        jobs = []
+        for method in methods:
+            if method.kind == "sde" and problem.kind not in ("gaussian", "mixture"):
+                continue  # no distribution metric for the ideal denoiser / the network
+            if method.grid_free:
+                jobs.append((method, GRID_FREE))
+            else:
+                for schedule in config.schedules:
+                    if method.impl == "k-diffusion" and schedule != "karras":
+                        continue  # k-diffusion is compared on its own recommended grid
+                    jobs.append((method, schedule))
+        bar = tqdm(total=len(jobs) * len(config.nfe), desc=problem.name, disable=not config.progress, leave=False)
+        for method, schedule in jobs:
+            if method.adaptive:
+                records.extend(_run_adaptive(method, problem, x_T, reference, config))
+                bar.update(len(config.nfe))
+                continue
+            for budget in config.nfe:
+                bar.update(1)
+                try:
+                    plan = plan_steps(method, schedule, budget, problem.sigma_min, problem.sigma_max)
+                except ValueError as exc:  # a schedule that cannot make this many steps
+                    log(f"  skipped {method.label} / {schedule} / {budget}: {exc}")
+                    continue
+                if plan is None:
+                    continue
+                rec = dict(problem=problem.name, impl=method.impl, solver=method.solver, label=method.label,
+                           kind=method.kind, schedule=schedule, nfe_budget=budget, steps=plan.steps)
+                t1 = time.perf_counter()
+                if method.kind == "ode":
+                    model = CountingModel(problem.denoiser, x_T.shape[0])
+                    out = run_method(method, model, x_T.clone(), plan.grid, budget=budget)
+                    err = metrics.rmse(out, reference)
+                    rec.update(nfe=model.nfe, rmse=err, rel_rmse=err / problem.data_std)
+                    if problem.name in pictures and method.impl == "ksampling" and method.solver in PICTURE_SOLVERS \
+                            and schedule == "karras":
+                        pictures[problem.name]["runs"][f"{method.label}|{budget}"] = \
+                            out[: config.pictures].cpu().numpy().tolist()
+                else:
+                    rec.update(nfe=plan.nfe)
+                if problem.kind == "gaussian":
+                    mean, cov = metrics.affine_output_moments(
+                        lambda x, noise: run_method(method, problem.denoiser, x, plan.grid, budget=budget,
+                                                    noise_sampler=noise),
+                        problem.dim, problem.sigma_max,
+                        plan.noise_mixing(method.noise) if method.kind == "sde" else None, device=device)
+                    t_mean, t_cov = problem.target_gaussian()
+                    rec.update(w2=metrics.gaussian_w2(mean, cov, t_mean, t_cov),
+                               kl=metrics.gaussian_kl(mean, cov, t_mean, t_cov))
+                elif problem.kind == "mixture" and (method.kind == "sde" or config.dist_for_ode):
+                    samples = generate(problem, method, plan.grid, dist_seeds, budget=budget, batch=config.batch * 4,
+                                       device=device)
+                    dist = _dist_metrics(problem, samples)
+                    rec.update(dist, excess_nll=dist["nll"] - meta["exact_samples"]["nll"])
+                rec["seconds"] = time.perf_counter() - t1
+                records.append(rec)
+        bar.close()
+
+    env = environment(str(device))
+    env["seconds"] = time.perf_counter() - started
+    return {"meta": {**env, "config": asdict(config)}, "problems": problem_meta, "records": records,
+            "pictures": pictures}
+
+
+def _run_adaptive(method: Method, problem: Problem, x_T, reference, config: Config) -> list[dict[str, Any]]:
+    """An adaptive solver at a ladder of tolerances; each run is filed under the smallest
+    budget that holds its counted NFE (runs beyond the largest budget are dropped)."""
+    best: dict[int, dict[str, Any]] = {}
+    grid = [problem.sigma_max, problem.sigma_min]
+    for rtol in ADAPTIVE_RTOLS:
+        model = CountingModel(problem.denoiser, x_T.shape[0])
+        t1 = time.perf_counter()
+        out = run_method(method, model, x_T.clone(), grid, options={"rtol": rtol, "atol": rtol / 10})
+        fits = [b for b in config.nfe if b >= model.nfe]
+        if not fits:
+            continue
+        budget = min(fits)
+        err = metrics.rmse(out, reference)
+        rec = dict(problem=problem.name, impl=method.impl, solver=method.solver, label=method.label, kind=method.kind,
+                   schedule=GRID_FREE, nfe_budget=budget, steps=None, nfe=model.nfe, rmse=err,
+                   rel_rmse=err / problem.data_std, rtol=rtol, seconds=time.perf_counter() - t1)
+        if budget not in best or err < best[budget]["rmse"]:
+            best[budget] = rec
+    return [best[b] for b in sorted(best)]
