@@ -79,7 +79,10 @@ def _config_of(scheduler_or_config) -> dict:
 
 def _is_flow_config(config: dict, class_name: str | None) -> bool:
     name = class_name or config.get("_class_name") or ""
-    return "FlowMatch" in name or config.get("prediction_type") == "flow"
+    if "FlowMatch" in name or config.get("prediction_type") == "flow":
+        return True
+    # a bare FlowMatch config: a time shift and no betas
+    return "shift" in config and not any(key in config for key in ("beta_schedule", "beta_start", "trained_betas"))
 
 
 class _VPDiscreteLinearTime(VPDiscrete):
@@ -526,6 +529,18 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         self._close()
         self._begin_index = begin_index
         self._call_index = begin_index
+
+    @property
+    def run_sigmas(self) -> list[float]:
+        """The solver's σ grid of this run (VE, descending): ``ksampling.sample(denoiser, x,
+        scheduler.run_sigmas, scheduler.solver)`` is what the pipeline computes."""
+        return list(self._run_sigmas)
+
+    @property
+    def first_call_of_step(self) -> list[int]:
+        """Index into ``timesteps`` of the first model call of each solver step (the valid
+        ``set_begin_index`` values)."""
+        return list(self._first_call_of_step)
 
     @property
     def step_index(self):
