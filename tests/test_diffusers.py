@@ -179,6 +179,20 @@ def test_from_diffusers_conditioning_and_guidance():
     out = ksampling.sample(denoiser, x, ksampling.schedules.karras(4, 0.1, 10.0), "dpmpp_2m",
                            extra_args={"encoder_hidden_states": cond})
     assert out.shape == x.shape and torch.isfinite(out).all()
+    # classifier-free guidance: D_u + w (D_c − D_u), the model called once on the doubled batch
+    guided = from_diffusers(unet, diffusers.DDIMScheduler(**SD_BETAS), guidance_scale=4.0)
+    uncond = torch.zeros_like(cond)
+    calls = []
+    hook = unet.register_forward_pre_hook(lambda module, args, kwargs: calls.append(args[0].shape[0]), with_kwargs=True)
+    try:
+        with torch.no_grad():
+            got = guided(x, sigma, encoder_hidden_states=cond, negative_encoder_hidden_states=uncond)
+    finally:
+        hook.remove()
+    with torch.no_grad():
+        d_cond, d_uncond = denoiser(x, sigma, encoder_hidden_states=cond), denoiser(x, sigma, encoder_hidden_states=uncond)
+    torch.testing.assert_close(got, d_uncond + 4.0 * (d_cond - d_uncond), rtol=1e-4, atol=1e-5)
+    assert calls == [4]
 
 
 def test_from_diffusers_bad_input(unet):

@@ -167,7 +167,9 @@ def from_diffusers(
     timestep_scale: float = 1.0,
     learned_variance: str | bool | None = None,
     guidance_scale: float | None = None,
-    uncond_key: str = "encoder_hidden_states",
+    guidance_interval=None,
+    cond_key: str = "encoder_hidden_states",
+    uncond_key: str = "negative_encoder_hidden_states",
 ):
     """D(x; σ) from a diffusers model and its scheduler (or scheduler config).
 
@@ -190,9 +192,14 @@ def from_diffusers(
         timestep_scale: multiplies the timestep (1/1000 for Flux-style transformers).
         learned_variance: ``"learned"`` / ``"learned_range"`` for improved-DDPM models whose
             output carries a variance; ``None`` reads the config's ``variance_type``.
-        guidance_scale: wrap in classifier-free guidance with this scale; the unconditional
-            input is ``extra_args["uncond"]`` (see
-            :class:`ksampling.denoisers.ClassifierFreeGuidance`).
+        guidance_scale: wrap in classifier-free guidance
+            (:class:`ksampling.denoisers.ClassifierFreeGuidance`) with this scale: the model is
+            called once on the doubled batch with ``cond_key`` (default
+            ``encoder_hidden_states``) = cat(``extra_args[cond_key]``,
+            ``extra_args[uncond_key]``); ``uncond_key`` defaults to
+            ``negative_encoder_hidden_states`` (the empty-prompt embedding).
+        guidance_interval: ``(lo, hi)``: guide only for σ in this interval (Kynkäänniemi et
+            al. 2024).
 
     Conditioning (``encoder_hidden_states``, ``class_labels``, ``added_cond_kwargs``, ...)
     goes through ``sample(..., extra_args=...)`` to every model call.
@@ -221,12 +228,11 @@ def from_diffusers(
     )
     if guidance_scale is None:
         return denoiser
-    from ..denoisers import guidance
+    from ..denoisers.guidance import ClassifierFreeGuidance
 
-    cfg = getattr(guidance, "ClassifierFreeGuidance", None)
-    if cfg is None:
-        raise NotImplementedError("ksampling.denoisers.ClassifierFreeGuidance is not available yet")
-    return cfg(denoiser, guidance_scale)
+    return ClassifierFreeGuidance(
+        denoiser, guidance_scale, sigma_interval=guidance_interval, cond_key=cond_key, uncond_key=uncond_key
+    )
 
 
 # -- the other direction: a diffusers scheduler backed by a ksampling solver ----------------------
