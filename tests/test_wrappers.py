@@ -416,6 +416,18 @@ def test_wrapper_makes_no_host_syncs(process_name):
     assert counter.count == 0, counter.names
 
 
+@pytest.mark.parametrize("process_name, prediction", [("vp_discrete_interpolate", "v"), ("vp_discrete_interpolate", "mean"),
+                                                      ("vp_continuous_cosine", "score"), ("rectified_flow", "flow")])
+def test_wrapper_is_differentiable_in_x_and_sigma(process_name, prediction):
+    # guidance methods and distillation differentiate through D: gradients must be exact
+    process = PROCESSES[process_name]()
+    wrapped = NetworkDenoiser(present_as_network(_gaussian(), process, prediction), process, prediction)
+    # inside the training range (below σ_min the discrete time is clamped and so is D)
+    sigma = torch.tensor([0.1, 0.65, 14.6], dtype=F64, requires_grad=True)
+    x = torch.randn(3, 4, generator=torch.Generator().manual_seed(9), dtype=F64).mul(3).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda x, s: wrapped(x, s), (x, sigma))
+
+
 def test_sigma_may_be_a_number_or_one_element():
     process = VPContinuous()
     denoiser = _gaussian()
