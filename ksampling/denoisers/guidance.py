@@ -15,6 +15,7 @@ import math
 import torch
 
 from .base import Denoiser
+from .wrappers import _dims, _sigma_batch
 
 __all__ = ["ClassifierFreeGuidance"]
 
@@ -100,8 +101,6 @@ class ClassifierFreeGuidance(Denoiser):
         return self._guided(x, sigma, extra_args, with_variance=True)
 
     def _guided(self, x, sigma, extra_args, with_variance):
-        from .wrappers import _dims, _sigma_batch
-
         sigma = _sigma_batch(sigma, x)
         if self.cond_key not in extra_args:
             raise TypeError(f"classifier-free guidance needs the conditioning as extra_args[{self.cond_key!r}]")

@@ -53,7 +53,7 @@ def _check_prediction(prediction, process) -> str:
     return prediction
 
 
-def _check_learned_variance(learned_variance, process):
+def _check_learned_variance(learned_variance):
     if learned_variance not in LEARNED_VARIANCES:
         raise ValueError(f"learned_variance must be one of {LEARNED_VARIANCES}; got {learned_variance!r}")
     return learned_variance
@@ -143,7 +143,7 @@ class NetworkDenoiser(Denoiser):
         self.network = network
         self.process = _check_process(process)
         self.prediction = _check_prediction(prediction, process)
-        self.learned_variance = _check_learned_variance(learned_variance, process)
+        self.learned_variance = _check_learned_variance(learned_variance)
         self.sigma_min = process.sigma_min
         self.sigma_max = process.sigma_max
 
@@ -188,7 +188,7 @@ class PresentedNetwork(nn.Module):
         self.denoiser = denoiser
         self.process = _check_process(process)
         self.prediction = _check_prediction(prediction, process)
-        self.learned_variance = _check_learned_variance(learned_variance, process)
+        self.learned_variance = _check_learned_variance(learned_variance)
         if learned_variance == "learned" and not process.discrete:
             raise ValueError(
                 "learned_variance='learned' can only be presented for a discrete VP process (its log β̃ needs "
