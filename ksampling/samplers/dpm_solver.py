@@ -159,7 +159,12 @@ class DPMSolver(Solver):
     * ``order`` (3): 1, 2 or 3 model calls per step.
     * ``algorithm`` ("data"): "data" (DPM-Solver++; better with guidance) or "noise".
     * ``r1``, ``r2``: intermediate points as fractions of the step in λ; defaults from the
-      papers: r1 = 1/2 for order 2, (r1, r2) = (1/3, 2/3) for order 3.
+      papers: r1 = 1/2 for order 2, (r1, r2) = (1/3, 2/3) for order 3. Order 2 is second
+      order for any r1; order 3 is third order for any r1 < 2/3 but only for r2 = 2/3 (the
+      φ_2 term of the last update must stand in for ``φ_2 h P' + φ_3 h² P''``, i.e.
+      r2/2 = 1/3; the official code's "taylor" form has the same condition, since the
+      first-order error of u_1 must cancel). Other r2 raise a ValueError rather than
+      silently give a second-order method (as k-diffusion's ``dpm_solver_3_step`` does).
 
     A step to σ = 0 (h = ∞) is the first-order limit ``x ← D(x; σ)`` (one model call).
     """
@@ -178,6 +183,8 @@ class DPMSolver(Solver):
             r2 = 2.0 / 3.0
         self.r1 = check_fraction("r1", r1)
         self.r2 = check_fraction("r2", r2)
+        if self.solver_order == 3 and abs(self.r2 - 2.0 / 3.0) > 1e-12:
+            raise ValueError(f"r2 must be 2/3 for order 3 (third order needs r2 = 2/3), got r2={self.r2}")
         if self.solver_order == 3 and not self.r1 < self.r2:
             raise ValueError(f"r1 must be smaller than r2 for order 3, got r1={self.r1}, r2={self.r2}")
 
