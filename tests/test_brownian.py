@@ -212,3 +212,15 @@ def test_sde_solution_converges_pathwise(solver):
     assert gaps[-1] < 0.3 * gaps[0], gaps
     iid_gap = float((run(64, brownian=False) - run(128, brownian=False)).norm() / answers[-1].norm())
     assert iid_gap > 5 * gaps[-1], (iid_gap, gaps)
+
+
+def test_cpu_option_draws_the_same_numbers_on_the_host():
+    x = zeros(2, 5)
+    default = BrownianTreeNoiseSampler(x, 0.1, 5.0, seed=[1, 2])(5.0, 1.0)
+    on_cpu = BrownianTreeNoiseSampler(x, 0.1, 5.0, seed=[1, 2], cpu=True)(5.0, 1.0)
+    assert torch.equal(default, on_cpu)
+    with pytest.raises(TypeError, match="cpu"):
+        BrownianTreeNoiseSampler(x, 0.1, 5.0, seed=1, cpu="yes")
+    if torch.cuda.is_available():
+        on_gpu = BrownianTreeNoiseSampler(x.cuda(), 0.1, 5.0, seed=[1, 2], cpu=True)(5.0, 1.0)
+        assert torch.equal(on_gpu.cpu(), default)

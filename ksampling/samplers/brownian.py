@@ -85,6 +85,9 @@ class BatchedBrownianTree:
         tol: width of the leaves in units of ``t``; increments of intervals much longer than
             ``tol`` are exactly Brownian.
         cache_size: how many node values to keep (default: four root-to-leaf paths).
+        cpu: draw the tree's noise on the CPU and move it to ``x``'s device, so that a seed
+            gives the same noise on every device (ComfyUI's ``cpu=True``); by default it is
+            drawn on ``x``'s device.
         w0: accepted for compatibility with k-diffusion/torchsde; increments do not depend on it.
     """
 
@@ -98,6 +101,7 @@ class BatchedBrownianTree:
         generator=None,
         tol: float = 1e-6,
         cache_size: int | None = None,
+        cpu: bool = False,
         w0: torch.Tensor | None = None,
     ):
         if not isinstance(x, torch.Tensor) or not x.is_floating_point():
@@ -138,7 +142,9 @@ class BatchedBrownianTree:
         # The tree itself is kept at least in float32 so that fine levels do not round away.
         self.dtype = torch.promote_types(x.dtype, torch.float32)
         self.device = x.device
-        gen_device = x.device if x.device.type in ("cpu", "cuda") else torch.device("cpu")
+        if not isinstance(cpu, bool):
+            raise TypeError(f"cpu must be a bool, got {type(cpu).__name__}")
+        gen_device = x.device if x.device.type in ("cpu", "cuda") and not cpu else torch.device("cpu")
         self._generator = torch.Generator(device=gen_device)
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
         self._cache_size = 4 * (self.depth + 1) if cache_size is None else int(cache_size)
@@ -236,6 +242,7 @@ class BrownianTreeNoiseSampler:
         generator: a :class:`torch.Generator` or one per sample, used when ``seed`` is None
             (this is how :func:`ksampling.sample` seeds it).
         tol: leaf width of the tree in units of ``t``.
+        cpu: draw the noise on the CPU (the same numbers whatever ``x``'s device).
 
     Sigmas given as Python floats (as the sampling loop passes them) cause no device sync; a
     0-dim tensor is read once per call.
@@ -251,6 +258,7 @@ class BrownianTreeNoiseSampler:
         *,
         generator=None,
         tol: float = 1e-6,
+        cpu: bool = False,
     ):
         if transform is not None and not callable(transform):
             raise TypeError("transform must be callable, e.g. lambda sigma: sigma.log()")
@@ -261,7 +269,7 @@ class BrownianTreeNoiseSampler:
             # A one-point range (a one-step grid to 0): every increment inside it is 0.
             self.tree = _PointTree(x, t0)
         else:
-            self.tree = BatchedBrownianTree(x, t0, t1, seed, generator=generator, tol=tol)
+            self.tree = BatchedBrownianTree(x, t0, t1, seed, generator=generator, tol=tol, cpu=cpu)
 
     def _t(self, sigma) -> float:
         if self.transform is None:
