@@ -366,3 +366,26 @@ def test_importing_ksampling_does_not_import_diffusers():
     code = "import sys, ksampling, ksampling.denoisers, ksampling.kdiffusion; print('diffusers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_scheduler_copies_and_pickles_idle(unet):
+    import copy
+    import pickle
+
+    scheduler = KSamplingScheduler(solver="dpmpp_2m", **SD_BETAS)
+    scheduler.set_timesteps(3)
+    sample = noise(batch=1)
+    with torch.no_grad():
+        sample = scheduler.step(unet(sample, scheduler.timesteps[0]).sample, scheduler.timesteps[0], sample).prev_sample
+    for clone in (copy.deepcopy(scheduler), pickle.loads(pickle.dumps(scheduler))):
+        assert clone._worker is None and clone.config.solver == "dpmpp_2m"
+        clone.set_timesteps(3)
+        assert torch.equal(clone.timesteps, scheduler.timesteps)
+    # learned-variance outputs (twice the channels) are cut to the prediction half
+    scheduler.set_timesteps(2)
+    x = noise(batch=1)
+    eps = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    a = scheduler.step(torch.cat([eps, eps * 0 + 5], dim=1), scheduler.timesteps[0], x).pred_original_sample
+    scheduler.set_timesteps(2)
+    b = scheduler.step(eps, scheduler.timesteps[0], x).pred_original_sample
+    torch.testing.assert_close(a, b)

@@ -428,7 +428,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
                 f"solver {solver!r} chooses its own steps; a diffusers scheduler needs a fixed-grid solver "
                 "(one with fixed_grid=True in ksampling.samplers.info)"
             )
-        self._make_solver = lambda: _make(self._solver_class, options)
+        self._solver_options = options
         self._make_solver()  # validates the options now, with the solver's own messages
         if state not in ("vp", "ve"):
             raise ValueError(f"state must be 'vp' or 've', got {state!r}")
@@ -464,6 +464,15 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
 
         cfg = {key: self.config[key] for key in _GRID_KEYS if key in self.config}
         return EulerDiscreteScheduler(**cfg)
+
+    def _make_solver(self) -> Solver:
+        return _make(self._solver_class, self._solver_options)
+
+    def __getstate__(self):
+        # A run in progress belongs to this process's threads; copies and pickles start idle.
+        state = dict(self.__dict__)
+        state.update(_worker=None, _finalizer=None, _call_index=0)
+        return state
 
     @property
     def solver(self) -> str:
@@ -609,7 +618,12 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
     def step(self, model_output: torch.Tensor, timestep, sample: torch.Tensor, generator=None, return_dict: bool = True, **kwargs):
         """Give the solver this model output and return the next point to evaluate the model
         at (``prev_sample``; the final sample after the last call) and the denoised estimate
-        (``pred_original_sample``)."""
+        (``pred_original_sample``).
+
+        Calls must follow ``timesteps`` in order (as every pipeline loop does); ``timestep``
+        itself is not needed. A learned-variance output (twice the channels of ``sample``)
+        is cut to its prediction half. With ``return_dict=False`` returns
+        ``(prev_sample, pred_original_sample)``."""
         self._check_ready()
         k = self._call_index
         if k >= len(self._calls):
@@ -617,6 +631,9 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
                 f"step() called {k + 1} times but this run has {len(self._calls)} model calls; call set_timesteps again"
             )
         sigma, step_index = self._calls[k]
+        if model_output.ndim == sample.ndim and model_output.shape[1] == 2 * sample.shape[1]:
+            # a learned-variance network (improved DDPM): the prediction is the first half
+            model_output = model_output[:, : sample.shape[1]]
         work_dtype = torch.promote_types(sample.dtype, torch.float32)
         x_ve = self._to_ve(sample.to(work_dtype), sigma)
         denoised = self._denoised(model_output.to(work_dtype), x_ve, sigma)
