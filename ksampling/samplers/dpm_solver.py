@@ -30,6 +30,7 @@ __all__ = [
     "step_orders",
     "check_bool",
     "check_fraction",
+    "check_threshold",
     "linear_combination",
     "DPMSolver",
     "DPMSolverPP3M",
@@ -98,6 +99,7 @@ def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float,
 
 
 def check_bool(name: str, value) -> bool:
+    """A solver option that must be True or False (TypeError naming it otherwise)."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
     return value
@@ -113,6 +115,7 @@ def check_fraction(name: str, value) -> float:
 
 
 def check_threshold(name: str, value) -> float:
+    """A number of steps >= 1, or ``math.inf`` (``lower_order_final_below``)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of steps, got {type(value).__name__}")
     if math.isnan(value) or value < 1:
