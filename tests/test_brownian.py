@@ -12,8 +12,7 @@ import pytest
 import torch
 
 import ksampling
-from helpers import HostSyncCounter, karras_grid
-from ksampling.denoisers.analytic import GaussianMixture
+from helpers import HostSyncCounter, SmoothToy, karras_grid
 from ksampling.samplers.brownian import BatchedBrownianTree, BrownianTreeNoiseSampler
 
 F64 = torch.float64
@@ -184,17 +183,11 @@ def test_cost_is_a_few_draws_per_step():
     assert draws <= 49 * (tree.depth + 1)
 
 
-def _mixture():
-    g = torch.Generator().manual_seed(0)
-    means = torch.randn(3, 4, generator=g, dtype=F64) * 2
-    return GaussianMixture(torch.tensor([0.5, 0.3, 0.2], dtype=F64), means, var=0.3)
-
-
-@pytest.mark.parametrize("solver", ["dpmpp_2m_sde", "dpmpp_sde"])
+@pytest.mark.parametrize("solver", ["dpmpp_2m_sde", "dpmpp_sde", "dpmpp_3m_sde"])
 def test_sde_solution_converges_pathwise(solver):
     """With one Brownian path for all step counts, the N-step and 2N-step answers approach each
     other; with fresh i.i.d. noise per run they do not."""
-    model = _mixture()
+    model = SmoothToy()  # nonlinear and cheap
     x = torch.randn(4, 4, generator=torch.Generator().manual_seed(1), dtype=F64) * 10.0
     sigma_min, sigma_max = 0.05, 10.0
     counts = [8, 16, 32, 64, 128]
