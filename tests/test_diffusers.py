@@ -333,6 +333,8 @@ def test_restarting_and_errors():
         KSamplingScheduler(solver="euler", solver_options={"eta": 1.0})
     with pytest.raises(ValueError, match="state"):
         KSamplingScheduler(state="latent")
+    with pytest.raises(NotImplementedError, match="flow"):
+        KSamplingScheduler.from_config(diffusers.FlowMatchEulerDiscreteScheduler().config)
     with pytest.raises(ValueError, match="num_inference_steps"):
         scheduler.set_timesteps(0)
 

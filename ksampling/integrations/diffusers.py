@@ -465,6 +465,18 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         cfg = {key: self.config[key] for key in _GRID_KEYS if key in self.config}
         return EulerDiscreteScheduler(**cfg)
 
+    @classmethod
+    def from_config(cls, config=None, return_unused_kwargs=False, **kwargs):
+        """diffusers' ``from_config``, refusing flow-matching configs (their pipelines keep
+        rectified-flow latents, which this scheduler does not model)."""
+        source = config if isinstance(config, Mapping) else getattr(config, "config", None)
+        if isinstance(source, Mapping) and _is_flow_config(dict(source), None):
+            raise NotImplementedError(
+                "KSamplingScheduler supports DDPM-family (beta schedule) configs; for a flow-matching model "
+                "use from_diffusers(model, scheduler) with ksampling.sample"
+            )
+        return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
+
     def _make_solver(self) -> Solver:
         return _make(self._solver_class, self._solver_options)
 
