@@ -7,7 +7,8 @@ ODE is solved in float64 from σ = 80 down to σ_min = 1e-3 on Karras et al.'s g
 without the final 0, with N = 16 … 256 steps and lower-order final steps off, and
 ``x(σ_min)`` is compared with an independent reference:
 
-* Gaussian data N(μ, diag(c²)): the closed form ``x(σ) = μ + (x_T − μ) √((σ² + c²)/(σ_T² + c²))``;
+* Gaussian data N(μ, diag(c²)): the closed form ``x(σ) = μ + (x_T − μ) √((σ² + c²)/(σ_T² + c²))``
+  (:meth:`ksampling.denoisers.analytic.Gaussian.ode_solution`);
 * a smooth Gaussian mixture: scipy's DOP853 (rtol = atol = 1e-12) on ``dx/dt = x − D(x; e^t)``,
   t = log σ.
 
@@ -31,6 +32,7 @@ from typing import Callable, Sequence
 import torch
 
 import ksampling
+from ksampling.denoisers.analytic import Gaussian
 from ksampling.samplers import available, get, info
 
 SIGMA_MAX = 80.0
@@ -51,24 +53,14 @@ class Problem:
     reference: torch.Tensor  # x at SIGMA_MIN
 
 
-class GaussianDenoiser:
-    """D(x; σ) = μ + c²/(c² + σ²) (x − μ) for data N(μ, diag(c²))."""
-
-    def __init__(self, mean, var):
-        self.mean = torch.as_tensor(mean, dtype=torch.float64)
-        self.var = torch.as_tensor(var, dtype=torch.float64)
-
-    def __call__(self, x, sigma):
-        s2 = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype) ** 2
-        return self.mean + self.var / (self.var + s2) * (x - self.mean)
-
-    def ode_solution(self, x_start, sigma_start, sigma):
-        return self.mean + (x_start - self.mean) * torch.sqrt((sigma**2 + self.var) / (sigma_start**2 + self.var))
-
-
 class MixtureDenoiser:
     """Data Σ_k w_k N(μ_k, c_k² I): D = Σ_k r_k(x) (μ_k + c_k²/(c_k² + σ²)(x − μ_k)),
-    r_k ∝ w_k N(x; μ_k, (c_k² + σ²) I)."""
+    r_k ∝ w_k N(x; μ_k, (c_k² + σ²) I).
+
+    The same function as :class:`ksampling.denoisers.analytic.GaussianMixture` (a test checks
+    that they agree), written out with a hand-normalised softmax: ``torch.softmax`` costs
+    tens of milliseconds per call on tiny CPU tensors with some torch builds, and the sweep
+    makes thousands of calls."""
 
     def __init__(self, weights, means, var):
         self.log_weights = torch.log(torch.as_tensor(weights, dtype=torch.float64))
@@ -94,14 +86,19 @@ def _start(batch: int, dim: int, seed: int) -> torch.Tensor:
 
 
 def gaussian_problem() -> Problem:
-    model = GaussianDenoiser(mean=[0.5, -1.0, 0.2], var=[0.04, 0.25, 1.0])
+    """Gaussian data N(μ, diag(c²)), reference x(σ_min) by its closed-form ODE solution."""
+    model = Gaussian([0.5, -1.0, 0.2], var=[0.04, 0.25, 1.0])
     x_start = _start(4, 3, seed=0)
     reference = model.ode_solution(x_start, SIGMA_MAX, SIGMA_MIN)
     return Problem("gaussian", model, x_start, reference)
 
 
+MIXTURE = dict(weights=[0.5, 0.3, 0.2], means=[[1.0, 0.5], [-1.0, -0.5], [0.2, -1.2]], var=[0.3, 0.2, 0.4])
+
+
 def mixture_problem() -> Problem:
-    model = MixtureDenoiser(weights=[0.5, 0.3, 0.2], means=[[1.0, 0.5], [-1.0, -0.5], [0.2, -1.2]], var=[0.3, 0.2, 0.4])
+    """A smooth 3-component Gaussian mixture in 2-D, reference x(σ_min) by DOP853."""
+    model = MixtureDenoiser(**MIXTURE)
     x_start = _start(4, 2, seed=1)
     return Problem("mixture", model, x_start, reference_solution(model, x_start, SIGMA_MAX, SIGMA_MIN))
 

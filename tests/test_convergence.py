@@ -41,6 +41,17 @@ def test_references_are_right(problems):
     torch.testing.assert_close(derivative, ode_rhs, rtol=1e-7, atol=1e-8)
 
 
+def test_mixture_denoiser_is_the_analytic_one():
+    from ksampling.denoisers.analytic import GaussianMixture
+
+    ours = co.MixtureDenoiser(**co.MIXTURE)
+    library = GaussianMixture(co.MIXTURE["weights"], co.MIXTURE["means"], var=co.MIXTURE["var"])
+    x = torch.randn(5, 2, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3
+    for sigma in (1e-3, 0.3, 2.0, 80.0):
+        s = torch.full((5,), sigma, dtype=torch.float64)
+        torch.testing.assert_close(ours(x, s), library(x, s), rtol=1e-12, atol=1e-12)
+
+
 def test_every_ode_solver_is_measured():
     names = co.ode_solvers()
     for name in ("euler", "heun", "ddim", "dpm_solver", "dpmpp_3m", "unipc", "deis", "ipndm", "ipndm_v", "heun3", "ralston3", "res_multistep"):
