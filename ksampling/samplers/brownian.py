@@ -23,6 +23,7 @@ never touches the global RNG, and clamps queries outside ``[t0, t1]`` without wa
 from __future__ import annotations
 
 import math
+import numbers
 from collections import OrderedDict
 from typing import Callable, Sequence
 
@@ -54,7 +55,7 @@ def _host_float(value, name: str) -> float:
         if value.numel() != 1:
             raise ValueError(f"{name} must be a scalar, got a tensor of shape {tuple(value.shape)}")
         value = value.item()
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if not math.isfinite(value):
@@ -63,9 +64,9 @@ def _host_float(value, name: str) -> float:
 
 
 def _check_seed(seed, name: str = "seed") -> int:
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(seed).__name__}")
-    return seed
+    return int(seed)
 
 
 class BatchedBrownianTree:

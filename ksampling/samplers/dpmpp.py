@@ -12,8 +12,8 @@ and freezing ``D`` over the step gives DPM-Solver++(1), i.e. DDIM:
 
 Higher orders replace the frozen ``D`` by a finite-difference extrapolation of earlier model
 outputs (multistep, "2M"/"3M") or of an intermediate model call (singlestep, "2S"). The SDE
-variants integrate the reverse SDE with the same exponential integrator (Lu et al. 2022,
-§5 and appendix; Gonzalez et al. 2023 for the 3M SDE form used by k-diffusion):
+variants integrate the reverse SDE with the same exponential integrator (SDE-DPM-Solver++,
+Lu et al. 2022, §5; ``η`` scales the stochasticity, ``η = 1`` is the reverse-time SDE):
 
     x_next = (σ_next/σ) e^{−ηh} x + (1 − e^{−(1+η)h}) D + σ_next √(1 − e^{−2ηh}) S_noise z.
 
@@ -258,7 +258,7 @@ class DPMPP2MSDE(_MultistepSDE):
                  + S_noise σ_next √(1 − e^{−2ηh}) z,
 
     where ``c = φ/2`` (``solver_type="midpoint"``) or ``c = 1 − φ/((1+η)h)`` (``"heun"``,
-    the φ₂ correction of Lu et al. 2022, eq. (B.8)). At ``eta = 0`` the midpoint variant is
+    the φ₂ ("taylor") correction of the official DPM-Solver++ code). At ``eta = 0`` the midpoint variant is
     exactly ``dpmpp_2m``; the heun variant is a different second-order method. The first
     step is first order and the step to σ = 0 returns ``D``.
     """
