@@ -37,6 +37,12 @@ Differences from k-diffusion, all deliberate:
   unknown ``solver_type``) raises a ``ValueError`` naming the parameter instead of
   returning NaN.
 * **Non-finite model outputs** are detected (checked once, after the loop) and raise.
+* **Smaller things.** ``get_sigmas_*`` compute in float64 and round once to the default dtype
+  (k-diffusion's float32 ``exp(.) - 1`` in ``get_sigmas_vp`` loses up to 2e-4);
+  ``sample_dpm_fast``/``sample_dpm_adaptive`` build their λ grid in float64 (k-diffusion uses
+  the default dtype); ``sample_dpm_adaptive``'s callback has every key of k-diffusion's but the
+  step-size controller's internal ``error`` and ``h``; :class:`DPMSolver`'s whole-run methods
+  integrate only towards lower noise.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ import sys
 import types
 
 import torch
+from torch import nn
 
 from .samplers.common import ancestral_step as _ancestral_step
 from .samplers.loop import sample as _sample
@@ -77,6 +84,7 @@ __all__ = [
     "sample_dpmpp_2m",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m_sde",
+    "DPMSolver",
     "sampling",
     "external",
 ]
@@ -419,6 +427,113 @@ def log_likelihood(model, x, sigma_min, sigma_max, extra_args=None, atol=1e-4, r
     return prior + delta_ll, {"fevals": fevals}
 
 
+class DPMSolver(nn.Module):
+    """k-diffusion's ``DPMSolver(model, extra_args=None, eps_callback=None, info_callback=None)``
+    (Lu et al. 2022, arXiv:2206.00927) on ksampling's DPM-Solver.
+
+    The step methods take and return k-diffusion's ``eps_cache`` dict (stages ``'eps'``,
+    ``'eps_r1'``, ``'eps_r2'``) and call :func:`ksampling.samplers.dpm.dpm_solver_1` / ``_2`` /
+    ``_3``; :meth:`dpm_solver_fast` and :meth:`dpm_solver_adaptive` run the ``dpm_fast`` /
+    ``dpm_adaptive`` solvers. Times are t = −log σ (0-d tensors or floats). Unlike
+    k-diffusion's, the whole-run methods integrate only towards lower noise (t_end > t_start).
+    """
+
+    def __init__(self, model, extra_args=None, eps_callback=None, info_callback=None):
+        super().__init__()
+        self.model = model
+        self.extra_args = {} if extra_args is None else extra_args
+        self.eps_callback = eps_callback
+        self.info_callback = info_callback
+
+    def t(self, sigma):
+        return -sigma.log()
+
+    def sigma(self, t):
+        return t.neg().exp()
+
+    def eps(self, eps_cache, key, x, t, *args, **kwargs):
+        """ε = (x − D(x; σ(t)))/σ(t), from the cache when this stage was computed already."""
+        if key in eps_cache:
+            return eps_cache[key], eps_cache
+        sigma = math.exp(-float(t))
+        denoised = self.model(x, x.new_full([x.shape[0]], sigma), *args, **self.extra_args, **kwargs)
+        eps = (x - denoised) / sigma
+        if self.eps_callback is not None:
+            self.eps_callback()
+        return eps, {key: eps, **eps_cache}
+
+    def _stepper(self, eps_cache):
+        # ksampling's DPM-Solver asks for ε stage by stage, in order; k-diffusion names them.
+        cache = dict(eps_cache)
+        names = iter(("eps", "eps_r1", "eps_r2"))
+
+        def eps_at(x, lam):
+            nonlocal cache
+            eps, cache = self.eps(cache, next(names), x, lam)
+            return eps
+
+        return eps_at, lambda: cache
+
+    def _run_step(self, update, x, t, t_next, eps_cache, **kwargs):
+        from .samplers import dpm
+
+        eps_at, cache = self._stepper({} if eps_cache is None else eps_cache)
+        x_next = getattr(dpm, update)(eps_at, x, float(t), float(t_next), **kwargs)
+        return x_next, cache()
+
+    def dpm_solver_1_step(self, x, t, t_next, eps_cache=None):
+        """DPM-Solver-1 from t to t_next; returns ``(x_next, eps_cache)``."""
+        return self._run_step("dpm_solver_1", x, t, t_next, eps_cache)
+
+    def dpm_solver_2_step(self, x, t, t_next, r1=1 / 2, eps_cache=None):
+        """DPM-Solver-2 (intermediate point t + r1·h); returns ``(x_next, eps_cache)``."""
+        return self._run_step("dpm_solver_2", x, t, t_next, eps_cache, r1=r1)
+
+    def dpm_solver_3_step(self, x, t, t_next, r1=1 / 3, r2=2 / 3, eps_cache=None):
+        """DPM-Solver-3; returns ``(x_next, eps_cache)``."""
+        return self._run_step("dpm_solver_3", x, t, t_next, eps_cache, r1=r1, r2=r2)
+
+    def _counted_model(self):
+        def model(x, sigma, **extra_args):
+            out = self.model(x, sigma, **extra_args)
+            if self.eps_callback is not None:
+                self.eps_callback()
+            return out
+
+        return model
+
+    def _info(self):
+        if self.info_callback is None:
+            return None
+
+        def callback(info):
+            self.info_callback({k: v for k, v in info.items() if k not in ("sigma", "sigma_hat")})
+
+        return callback
+
+    def _sigmas(self, t_start, t_end):
+        t_start, t_end = float(t_start), float(t_end)
+        if not t_end > t_start:
+            raise ValueError("t_end must be > t_start (integration towards lower noise)")
+        return math.exp(-t_end), math.exp(-t_start)
+
+    def dpm_solver_fast(self, x, t_start, t_end, nfe, eta=0.0, s_noise=1.0, noise_sampler=None):
+        """DPM-Solver-fast with exactly ``nfe`` model calls (solver ``dpm_fast``)."""
+        sigma_min, sigma_max = self._sigmas(t_start, t_end)
+        return sample_dpm_fast(self._counted_model(), x, sigma_min, sigma_max, nfe, extra_args=self.extra_args,
+                               callback=self._info(), disable=True, eta=eta, s_noise=s_noise, noise_sampler=noise_sampler)
+
+    def dpm_solver_adaptive(self, x, t_start, t_end, order=3, rtol=0.05, atol=0.0078, h_init=0.05, pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81, eta=0.0, s_noise=1.0, noise_sampler=None):
+        """DPM-Solver-12/23 with adaptive steps (solver ``dpm_adaptive``); returns ``(x, info)``."""
+        sigma_min, sigma_max = self._sigmas(t_start, t_end)
+        return sample_dpm_adaptive(
+            self._counted_model(), x, sigma_min, sigma_max, extra_args=self.extra_args, callback=self._info(),
+            disable=True, order=order, rtol=rtol, atol=atol, h_init=h_init, pcoeff=pcoeff, icoeff=icoeff,
+            dcoeff=dcoeff, accept_safety=accept_safety, eta=eta, s_noise=s_noise, noise_sampler=noise_sampler,
+            return_info=True,
+        )
+
+
 def __getattr__(name):
     # k-diffusion's PID controller lives with the dpm_adaptive solver.
     if name == "PIDStepSizeController":
@@ -429,8 +544,6 @@ def __getattr__(name):
 
 
 # -- k_diffusion.external: wrappers on ksampling's processes and NetworkDenoiser ------------------
-from torch import nn  # noqa: E402
-
 from .denoisers.processes import NoiseProcess, VPDiscrete, vp_alpha  # noqa: E402
 from .denoisers.wrappers import NetworkDenoiser  # noqa: E402
 

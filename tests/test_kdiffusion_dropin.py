@@ -503,16 +503,46 @@ def test_namespaces_import_like_k_diffusion():
     public = {n for n in dir(K.sampling) if not n.startswith("_") and callable(getattr(K.sampling, n))}
     imported = {"trange", "tqdm", "odeint", "integrate", "nn", "torch", "math", "torchsde", "utils"}
     missing = sorted(n for n in public - imported if not hasattr(sampling, n))
-    # DPMSolver (k-diffusion's internal class behind dpm_fast/dpm_adaptive) is not mirrored
-    assert missing == ["DPMSolver"], missing
+    assert missing == [], missing
     for name in ["VDenoiser", "DiscreteSchedule", "DiscreteEpsDDPMDenoiser", "OpenAIDenoiser", "CompVisDenoiser",
                  "DiscreteVDDPMDenoiser", "CompVisVDenoiser"]:
         assert hasattr(external, name)
     import inspect
 
-    for name in [n for n in public - imported - {"DPMSolver"} if n.startswith(("sample_", "get_"))]:
+    for name in [n for n in public - imported if n.startswith(("sample_", "get_"))] + ["DPMSolver", "log_likelihood"]:
         ours_sig = inspect.signature(getattr(sampling, name))
         theirs_sig = inspect.signature(getattr(K.sampling, name))
         assert list(ours_sig.parameters) == list(theirs_sig.parameters), name
         for p in theirs_sig.parameters.values():
             assert ours_sig.parameters[p.name].default == p.default, (name, p.name)
+
+
+def test_dpm_solver_class_matches():
+    K = k_diffusion()
+    model, x = ToyDenoiser(), start(12)
+    counts = {"ours": 0, "theirs": 0}
+    ours = KS.DPMSolver(model, {"scale": 0.8}, eps_callback=lambda: counts.__setitem__("ours", counts["ours"] + 1))
+    theirs = K.sampling.DPMSolver(model, {"scale": 0.8}, eps_callback=lambda: counts.__setitem__("theirs", counts["theirs"] + 1))
+    t, t_next = torch.tensor(-2.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64)
+    for method, kwargs in [("dpm_solver_1_step", {}), ("dpm_solver_2_step", {"r1": 0.4}), ("dpm_solver_3_step", {})]:
+        a, cache_a = getattr(ours, method)(x, t, t_next, **kwargs)
+        b, cache_b = getattr(theirs, method)(x, t, t_next, **kwargs)
+        assert rel_err(a, b) < RTOL and set(cache_a) == set(cache_b)
+        for key in cache_b:
+            assert rel_err(cache_a[key], cache_b[key]) < RTOL
+        # a filled cache is used, not recomputed
+        before = counts["ours"]
+        again, _ = getattr(ours, method)(x, t, t_next, eps_cache=cache_a, **kwargs)
+        assert counts["ours"] == before and torch.equal(again, a)
+    assert counts["ours"] == counts["theirs"]
+    infos_a, infos_b = [], []
+    ours.info_callback, theirs.info_callback = _record(infos_a), _record(infos_b)
+    with float64_default():
+        b = theirs.dpm_solver_fast(x, t, t_next, 7, noise_sampler=keyed_noise(x))
+        b_adaptive, b_info = theirs.dpm_solver_adaptive(x, t, t_next, noise_sampler=keyed_noise(x))
+    a = ours.dpm_solver_fast(x, t, t_next, 7, noise_sampler=keyed_noise(x))
+    a_adaptive, a_info = ours.dpm_solver_adaptive(x, t, t_next, noise_sampler=keyed_noise(x))
+    assert rel_err(a, b) < RTOL and rel_err(a_adaptive, b_adaptive) < RTOL and a_info == b_info
+    assert [d["i"] for d in infos_a] == [d["i"] for d in infos_b[: len(infos_a)]]
+    assert set(infos_a[0]) == {"x", "i", "t", "t_up", "denoised"} <= set(infos_b[0])
+    assert counts["ours"] == counts["theirs"]
