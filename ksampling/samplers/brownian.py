@@ -182,8 +182,8 @@ class BatchedBrownianTree:
             self._cache.popitem(last=False)
         return w
 
-    def w(self, t: float) -> torch.Tensor:
-        """W(t) (with W(t0) = 0); ``t`` outside [t0, t1] is clamped to the interval."""
+    def _value(self, t: float) -> torch.Tensor:
+        """W(t) (with W(t0) = 0; the cached tensor itself); ``t`` outside [t0, t1] is clamped."""
         t = min(max(t, self.t0), self.t1)
         cached = self._points.get(t)
         if cached is not None:
@@ -213,7 +213,7 @@ class BatchedBrownianTree:
     def __call__(self, t0, t1) -> torch.Tensor:
         """W(t1) − W(t0), shaped like ``x`` (k-diffusion's ``BatchedBrownianTree`` call)."""
         ta, tb = _host_float(t0, "t0"), _host_float(t1, "t1")
-        return ((self.w(tb) - self.w(ta)) * self.sign).to(self.out_dtype)
+        return ((self._value(tb) - self._value(ta)) * self.sign).to(self.out_dtype)
 
 
 class _PointTree:
