@@ -37,7 +37,7 @@ from .base import Solver, Step, check_int, check_nonnegative, register
 from .common import ancestral_step
 from .euler import _ChurnSolver
 
-__all__ = ["PIDStepSizeController"]
+__all__ = ["PIDStepSizeController", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]
 
 
 @register
