@@ -780,7 +780,16 @@ def _namespace(name, names, doc):
     return module
 
 
+def append_dims(x, target_dims):
+    """``x`` with singleton dimensions appended until it has ``target_dims`` dimensions
+    (``k_diffusion.utils.append_dims``, which code written for k-diffusion often imports)."""
+    if target_dims < x.ndim:
+        raise ValueError(f"input has {x.ndim} dims but target_dims is {target_dims}, which is less")
+    return _append_dims(x, target_dims)
+
+
 sampling = _namespace("sampling", _SAMPLING_NAMES, "k_diffusion.sampling on ksampling (see ksampling.kdiffusion).")
+utils = _namespace("utils", ["append_dims"], "The one helper of k_diffusion.utils that sampling code uses.")
 external = _namespace("external", _EXTERNAL_NAMES, "k_diffusion.external on ksampling (see ksampling.kdiffusion).")
 sampling.append_zero  # noqa: B018 - fail at import if a name is missing
-__all__ += _EXTERNAL_NAMES + ["PIDStepSizeController"]
+__all__ += _EXTERNAL_NAMES + ["PIDStepSizeController", "append_dims", "utils"]

@@ -499,6 +499,8 @@ def test_namespaces_import_like_k_diffusion():
     sampling = importlib.import_module("ksampling.kdiffusion.sampling")
     external = importlib.import_module("ksampling.kdiffusion.external")
     assert sampling.sample_euler is KS.sample_euler and external.CompVisDenoiser is KS.CompVisDenoiser
+    utils = importlib.import_module("ksampling.kdiffusion.utils")
+    assert utils.append_dims(torch.ones(2), 4).shape == (2, 1, 1, 1)
     K = k_diffusion()
     public = {n for n in dir(K.sampling) if not n.startswith("_") and callable(getattr(K.sampling, n))}
     imported = {"trange", "tqdm", "odeint", "integrate", "nn", "torch", "math", "torchsde", "utils"}
