@@ -89,11 +89,14 @@ VARIANTS = [
     ("unipc", dict(order=2, use_corrector=False), 2),
     ("unipc", dict(order=3, variant="bh1", use_corrector=False), 3),
     ("unipc", dict(order=2, final_corrector=True), 3),
+    ("unipc", dict(order=3), 4),
+    ("unipc", dict(order=3, variant="bh1"), 4),
     ("deis", dict(order=2), 2),
     ("deis", dict(order=3, variable="rho"), 3),
     ("ipndm", dict(max_order=1), 1),
     ("ipndm_v", dict(max_order=2), 2),
     ("ipndm_v", dict(max_order=3), 3),
+    ("gradient_estimation", dict(ge_gamma=1.5), 2),  # fixed AB2 weights: second order on a smooth grid
     ("er_sde", dict(noise_scale="ode"), 2),  # the deterministic part of ER-SDE-Solver-3, see its docstring
     ("er_sde", dict(noise_scale="ode", max_stage=2), 2),
 ]

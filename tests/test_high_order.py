@@ -40,6 +40,7 @@ CONFIGS = [
     ("deis", dict(order=2, variable="rho", lower_order_final=False)),
     ("ipndm", dict()),
     ("ipndm_v", dict(max_order=3)),
+    ("gradient_estimation", dict()),
     ("heun3", dict()),
     ("ralston3", dict()),
     ("res_multistep", dict()),
@@ -252,6 +253,7 @@ def test_first_order_members_are_ddim(grid):
         ("deis", dict(order=1, variable="rho")),
         ("ipndm", dict(max_order=1)),
         ("ipndm_v", dict(max_order=1)),
+        ("gradient_estimation", dict(ge_gamma=1.0)),
         ("er_sde", dict(noise_scale="ode", max_stage=1)),
     ]:
         torch.testing.assert_close(ksampling.sample(toy, x.clone(), sigmas, name, **options), ddim, rtol=1e-12, atol=1e-12)
@@ -282,6 +284,20 @@ def test_heun3_and_ralston3_take_their_tableau_step():
     grid = torch.tensor([sigma, sigma_next], dtype=F64)
     torch.testing.assert_close(ksampling.sample(toy, x.clone(), grid, "heun3"), heun3, rtol=1e-13, atol=1e-13)
     torch.testing.assert_close(ksampling.sample(toy, x.clone(), grid, "ralston3"), ralston3, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+def test_gradient_estimation_at_gamma_3_2_is_fixed_step_adams_bashforth_2(grid):
+    # d̄ = 3/2 d_i − 1/2 d_{i−1}: ipndm with max_order=2, except that ipndm's step to 0 is Euler
+    sigmas, x = GRIDS[grid](), start()
+    ours = ksampling.sample(toy, x.clone(), sigmas, "gradient_estimation", ge_gamma=1.5)
+    ref = ksampling.sample(toy, x.clone(), sigmas, "ipndm", max_order=2)
+    if grid == "to_zero":
+        assert (ours - ref).abs().max() > 1e-6
+        sigmas = sigmas[:-1]
+        ours = ksampling.sample(toy, x.clone(), sigmas, "gradient_estimation", ge_gamma=1.5)
+        ref = ksampling.sample(toy, x.clone(), sigmas, "ipndm", max_order=2)
+    torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
 def test_unipc_corrector_options():
@@ -351,6 +367,7 @@ BAD_OPTIONS = [
     ("deis", dict(variable="t"), ValueError, "variable"),
     ("ipndm", dict(max_order=5), ValueError, "max_order"),
     ("ipndm_v", dict(max_order=0), ValueError, "max_order"),
+    ("gradient_estimation", dict(ge_gamma=-1.0), ValueError, "ge_gamma"),
     ("er_sde", dict(noise_scale="vp"), ValueError, "noise_scale"),
     ("er_sde", dict(noise_scale=3.0), TypeError, "noise_scale"),
     ("er_sde", dict(max_stage=4), ValueError, "max_stage"),

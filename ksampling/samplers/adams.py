@@ -3,10 +3,10 @@ variable-step form."""
 
 from __future__ import annotations
 
-from .base import Solver, check_int, register
+from .base import Solver, check_int, check_nonnegative, register
 from .dpm_solver import lagrange_exp_weights, linear_combination
 
-__all__ = ["IPNDM", "IPNDMVariable", "ADAMS_BASHFORTH"]
+__all__ = ["IPNDM", "IPNDMVariable", "GradientEstimation", "ADAMS_BASHFORTH"]
 
 #: Fixed-step Adams–Bashforth weights of orders 1–4, newest derivative first.
 ADAMS_BASHFORTH = (
@@ -82,3 +82,43 @@ class IPNDMVariable(_AdamsBase):
         sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
         nodes = [(s - sigma) / dt for s in sigmas[i::-1][:p]]
         return dict(weights=[dt * w for w in lagrange_exp_weights(nodes, 0.0)])
+
+
+@register
+class GradientEstimation(Solver):
+    """Gradient estimation (Permenter & Yvinec 2024, "Interpreting and Improving Diffusion
+    Models from an Optimization Perspective", Algorithm 2), ComfyUI's ``gradient_estimation``:
+    the denoising direction is extrapolated from the last two steps,
+
+        ``d̄_i = γ d_i + (1 − γ) d_{i−1}``,  ``x_next = x + (σ_next − σ) d̄_i``,
+
+    with d = (x − D)/σ and the first step an Euler step. For γ = 1 it is Euler. It is a
+    consistent first-order method for any γ (second order would need γ = 1 + Δσ_i/(2Δσ_{i−1})
+    ≈ 3/2); γ = 2 (``ge_gamma``, the paper's default) over-extrapolates on purpose to correct
+    the denoiser's error, which helps at few steps.
+    """
+
+    name = "gradient_estimation"
+    order = 1
+    nfe_per_step = 1
+    multistep = True
+    paper = "Permenter & Yvinec 2024, Interpreting and Improving Diffusion Models from an Optimization Perspective (ICML)"
+
+    def __init__(self, ge_gamma: float = 2.0):
+        self.ge_gamma = check_nonnegative("ge_gamma", ge_gamma)
+        self.reset()
+
+    def reset(self):
+        self.previous = None  # d of the previous step
+
+    def coefficients(self, sigmas, i):
+        dt = sigmas[i + 1] - sigmas[i]
+        if i == 0:
+            return dict(weights=[dt, 0.0])
+        return dict(weights=[dt * self.ge_gamma, dt * (1.0 - self.ge_gamma)])
+
+    def step(self, ctx, x, step):
+        d = (x - ctx.denoise(x, step.sigma)) / step.sigma
+        tensors = [d, self.previous]
+        self.previous = d
+        return linear_combination(x, 1.0, tensors, step.weights)
