@@ -6,6 +6,9 @@ paper, first line of the docstring), built from ``ksampling.samplers.info(name)`
 ``<!-- solver-modules -->`` becomes one mkdocstrings section (``::: module``) per module that
 registers a solver, which renders each solver's docstring with its update equation.
 
+It also turns the Sphinx roles some docstrings use (``:func:`~ksampling.x.f``` ) into plain
+code (``f``) in the rendered pages, since Markdown has no roles.
+
 ``solver_table()`` and ``solver_modules()`` are plain functions so that the tests can call
 them too.
 """
@@ -13,9 +16,25 @@ them too.
 from __future__ import annotations
 
 import inspect
+import re
 
 TABLE_MARKER = "<!-- solver-table -->"
 MODULES_MARKER = "<!-- solver-modules -->"
+SUMMARY_LIMIT = 240  # characters of a docstring's first paragraph shown in the table
+_ROLE_MD = re.compile(r":(?:func|class|meth|data|mod|attr|obj|exc):`~?([\w.]+)`")
+_ROLE_HTML = re.compile(r":(?:func|class|meth|data|mod|attr|obj|exc):<code>(~?)([\w.]+)</code>")
+
+
+def _strip_roles_md(text: str) -> str:
+    return _ROLE_MD.sub(lambda m: f"`{m.group(1).rsplit('.', 1)[-1]}`", text)
+
+
+def _strip_roles_html(html: str) -> str:
+    def plain(match):
+        name = match.group(2).rsplit(".", 1)[-1] if match.group(1) else match.group(2)
+        return f"<code>{name}</code>"
+
+    return _ROLE_HTML.sub(plain, html)
 
 
 def _cell(text: str) -> str:
@@ -27,11 +46,17 @@ def _summary(cls) -> str:
     doc = inspect.cleandoc(cls.__dict__.get("__doc__") or "")
     paragraphs = doc.split("\n\n")
     first_paragraph = paragraphs[0]
-    if first_paragraph.rstrip().endswith(":") and len(paragraphs) > 1:
+    if first_paragraph.rstrip()[-1:] in (":", ",") and len(paragraphs) > 1:
         # "... in the VE state space:" announces the equation in the next paragraph.
         first_paragraph += " " + paragraphs[1]
     # Docstrings use reStructuredText double backticks; Markdown wants single ones.
-    return _cell(first_paragraph.replace("``", "`"))
+    text = _cell(_strip_roles_md(first_paragraph.replace("``", "`")))
+    if len(text) > SUMMARY_LIMIT:
+        # Cut at a word boundary; close a code span the cut left open.
+        text = text[: text.rfind(" ", 0, SUMMARY_LIMIT)].rstrip(",;: ") + " …"
+        if text.count("`") % 2:
+            text = text[:-2] + "` …"
+    return text
 
 
 def _options(options: dict) -> str:
@@ -96,3 +121,7 @@ def on_page_markdown(markdown, page, config, files, **kwargs):
     if MODULES_MARKER in markdown:
         markdown = markdown.replace(MODULES_MARKER, _module_sections())
     return markdown
+
+
+def on_page_content(html, page, config, files, **kwargs):
+    return _strip_roles_html(html)
