@@ -85,7 +85,8 @@ class BatchedBrownianTree:
             non-deterministic seed; the global RNG is never used).
         tol: width of the leaves in units of ``t``; increments of intervals much longer than
             ``tol`` are exactly Brownian.
-        cache_size: how many node values to keep (default: four root-to-leaf paths).
+        cache_size: how many node values (tensors like ``x``) to keep; the default, two
+            root-to-leaf paths, lets consecutive queries share their common ancestors.
         cpu: draw the tree's noise on the CPU and move it to ``x``'s device, so that a seed
             gives the same noise on every device (ComfyUI's ``cpu=True``); by default it is
             drawn on ``x``'s device.
@@ -148,7 +149,7 @@ class BatchedBrownianTree:
         gen_device = x.device if x.device.type in ("cpu", "cuda") and not cpu else torch.device("cpu")
         self._generator = torch.Generator(device=gen_device)
         self._cache: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
-        self._cache_size = 4 * (self.depth + 1) if cache_size is None else int(cache_size)
+        self._cache_size = 2 * (self.depth + 1) if cache_size is None else int(cache_size)
         self._points: OrderedDict[float, torch.Tensor] = OrderedDict()
         self._zero = torch.zeros(self.shape, dtype=self.dtype, device=self.device)
         self._root = self._draw(0, 1) * math.sqrt(self.span)
