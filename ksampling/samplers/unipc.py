@@ -7,7 +7,6 @@ import math
 import numpy as np
 
 from .base import Solver, check_choice, check_int, register
-from .common import log_sigma_step
 from .dpm_solver import check_bool, check_threshold, linear_combination, phi, step_orders
 
 __all__ = ["UniPC", "unipc_weights"]
