@@ -54,6 +54,7 @@ import types
 import torch
 from torch import nn
 
+from .samplers import brownian as _brownian
 from .samplers.common import ancestral_step as _ancestral_step
 from .samplers.loop import sample as _sample
 from .samplers.loop import validate_sigmas as _validate_sigmas
@@ -134,37 +135,25 @@ def _global_seed():
     return torch.randint(0, 2**63 - 1, []).item()
 
 
-def _brownian_module():
-    from .samplers import brownian
-
-    if not hasattr(brownian, "BrownianTreeNoiseSampler"):
-        raise NotImplementedError("ksampling.samplers.brownian.BrownianTreeNoiseSampler is not available yet")
-    return brownian
-
-
-class BatchedBrownianTree:
+class BatchedBrownianTree(_brownian.BatchedBrownianTree):
     """k-diffusion's ``BatchedBrownianTree(x, t0, t1, seed=None, **kwargs)`` on ksampling's tree.
 
     ``seed=None`` draws the seed from the global RNG, as k-diffusion does; a list of seeds
     gives one tree per batch item. Calling it with ``(t0, t1)`` returns W(t1) − W(t0).
     """
 
-    def __new__(cls, x, t0, t1, seed=None, **kwargs):
-        if seed is None:
-            seed = _global_seed()
-        return _brownian_module().BatchedBrownianTree(x, t0, t1, seed=seed, **kwargs)
+    def __init__(self, x, t0, t1, seed=None, **kwargs):
+        super().__init__(x, t0, t1, seed=_global_seed() if seed is None else seed, **kwargs)
 
 
-class BrownianTreeNoiseSampler:
+class BrownianTreeNoiseSampler(_brownian.BrownianTreeNoiseSampler):
     """k-diffusion's ``BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=None,
     transform=lambda x: x)``: N(0, I) noise for the step σ → σ_next from Brownian increments,
     consistent across step counts. ``seed=None`` draws the seed from the global RNG, as
     k-diffusion does (ksampling's own class takes a ``generator`` instead)."""
 
-    def __new__(cls, x, sigma_min, sigma_max, seed=None, transform=lambda x: x):
-        if seed is None:
-            seed = _global_seed()
-        return _brownian_module().BrownianTreeNoiseSampler(x, sigma_min, sigma_max, seed=seed, transform=transform)
+    def __init__(self, x, sigma_min, sigma_max, seed=None, transform=lambda x: x):
+        super().__init__(x, sigma_min, sigma_max, seed=_global_seed() if seed is None else seed, transform=transform)
 
 
 # -- schedules: thin over ksampling.schedules ---------------------------------------------------

@@ -239,6 +239,9 @@ def test_noise_samplers_have_k_diffusions_interface():
     tree = KS.BatchedBrownianTree(x, 0.0, 1.0, seed=[1, 2])
     w = tree(0.2, 0.7)
     assert w.shape == x.shape
+    # increments add up: W(0.7) − W(0.2) = (W(0.5) − W(0.2)) + (W(0.7) − W(0.5))
+    torch.testing.assert_close(w, tree(0.2, 0.5) + tree(0.5, 0.7))
+    assert isinstance(ns, ksampling.samplers.brownian.BrownianTreeNoiseSampler)
 
 
 def test_bad_input_is_a_clear_error():
