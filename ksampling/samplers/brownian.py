@@ -236,7 +236,8 @@ class BrownianTreeNoiseSampler:
     Args:
         x: tensor whose shape, device and dtype to use.
         sigma_min, sigma_max: the range of sigma the tree covers; queries outside it are
-            clamped to it (without warnings).
+            clamped to it (without warnings) and normalised by the clamped length, so the
+            noise stays N(0, I); a query entirely outside the range returns zeros.
         seed: int, or a list of ints (one per sample, so that sample ``i`` is independent of
             the batch size and position); ``None`` takes the seed(s) from ``generator``.
         transform: maps sigma to the tree's time ``t`` (default: the identity). It receives a
