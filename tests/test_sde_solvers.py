@@ -259,3 +259,15 @@ def test_metadata():
         assert not cls(eta=0.0).draws_noise and cls().draws_noise
     assert info("lms")["order"] == 4 and info("lms")["multistep"]
     assert info("dpmpp_2m")["multistep"] and not info("dpmpp_2s_ancestral")["multistep"]
+
+
+@pytest.mark.parametrize("name", ["dpm_fast", "dpm_adaptive"])
+def test_off_grid_callback_with_final_denoise(name):
+    """The loop's own last step (final_step="denoise") reports the grid's sigma_min."""
+    data = GaussianData([0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    x = start(2, 3)
+    grid = karras_grid(6, 0.05, 10.0)
+    calls = []
+    ksampling.sample(data, x, grid, name, callback=calls.append, final_step="denoise")
+    assert float(calls[-1]["sigma"]) == pytest.approx(0.05, rel=1e-12)
+    assert calls[-1]["i"] == 5

@@ -213,6 +213,16 @@ class _OffGrid(Solver):
     def draws_noise(self) -> bool:
         return self.eta > 0 and self.s_noise > 0
 
+    def run(self, ctx, x, steps):
+        grid = ctx.sigmas
+        try:
+            return self.integrate(ctx, x, steps)
+        finally:
+            ctx.sigmas = grid  # the loop's own final step (final_step="denoise") indexes the grid
+
+    def integrate(self, ctx, x, steps):
+        raise NotImplementedError
+
 
 @register
 class DPMFast(_OffGrid):
@@ -242,7 +252,7 @@ class DPMFast(_OffGrid):
             return [3] * (m - 2) + [2, 1]
         return [3] * (m - 1) + [nfe % 3]
 
-    def run(self, ctx, x, steps):
+    def integrate(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
         if sigma_min == sigma_max:
             return _denoise_once(ctx, x, sigma_max)
@@ -364,7 +374,7 @@ class DPMAdaptive(_OffGrid):
         self.pcoeff, self.icoeff, self.dcoeff = (_check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
         self.accept_safety = check_nonnegative("accept_safety", accept_safety)
 
-    def run(self, ctx, x, steps):
+    def integrate(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
         if sigma_min == sigma_max:
             return _denoise_once(ctx, x, sigma_max)
