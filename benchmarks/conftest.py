@@ -4,7 +4,7 @@ Run it with ``pytest benchmarks/ --benchmark-only``. Options:
 
 ``--device cpu|cuda``   where the tensors live (``cuda`` skips cleanly without a GPU);
 ``--speed-steps N``     steps per timed run (default 50; per-step time = run time / N);
-``--speed-rounds R``    timed runs per case (default 5, after one untimed warm-up run);
+``--speed-rounds R``    timed runs per case (default 7, after one untimed warm-up run);
 ``--speed-budget S``    seconds of timed runs per case (default 2): a case whose warm-up run
                         took longer gets fewer rounds, at least one;
 ``--speed-threads T``   torch CPU threads (default 1);
@@ -35,7 +35,7 @@ def pytest_addoption(parser):
     group = parser.getgroup("ksampling speed suite")
     group.addoption("--device", default="cpu", choices=("cpu", "cuda"), help="device of the speed suite (default cpu)")
     group.addoption("--speed-steps", type=int, default=50, help="steps per timed sampling run (default 50)")
-    group.addoption("--speed-rounds", type=int, default=5, help="timed runs per case (default 5)")
+    group.addoption("--speed-rounds", type=int, default=7, help="timed runs per case (default 7)")
     group.addoption(
         "--speed-threads",
         type=int,
@@ -65,7 +65,7 @@ def pytest_addoption(parser):
 
 def pytest_configure(config):
     steps = config.getoption("--speed-steps", default=50)
-    rounds = config.getoption("--speed-rounds", default=5)
+    rounds = config.getoption("--speed-rounds", default=7)
     if steps is not None and steps < 2:
         raise pytest.UsageError("--speed-steps must be >= 2")
     if rounds is not None and rounds < 1:
