@@ -51,7 +51,9 @@ def test_the_issue_2_page_exists_and_runs_code():
     page = DOCS / "concepts" / "parameterisations.md"
     text = page.read_text(encoding="utf-8")
     assert "predict noise" in text
-    assert len(docs_runner.parse(page).code) >= 3
+    parsed = docs_runner.parse(page)
+    assert len([block for block in parsed.code if not block.skip]) >= 3
+    assert not docs_runner.missing_requirements(parsed), "the page must run, not wait"
 
 
 # -- the runner itself: it must catch a wrong page ----------------------------------------------
