@@ -93,6 +93,7 @@ VARIANTS = [
     ("unipc", dict(order=3, variant="bh1"), 4),
     ("deis", dict(order=2), 2),
     ("deis", dict(order=3, variable="rho"), 3),
+    ("deis", dict(order=3, prediction="data"), 3),
     ("ipndm", dict(max_order=1), 1),
     ("ipndm_v", dict(max_order=2), 2),
     ("ipndm_v", dict(max_order=3), 3),

@@ -38,6 +38,7 @@ CONFIGS = [
     ("unipc", dict(order=1, use_corrector=False, lower_order_final=False)),
     ("deis", dict()),
     ("deis", dict(order=2, variable="rho", lower_order_final=False)),
+    ("deis", dict(prediction="data")),
     ("ipndm", dict()),
     ("ipndm_v", dict(max_order=3)),
     ("gradient_estimation", dict()),
@@ -260,6 +261,19 @@ def test_first_order_members_are_ddim(grid):
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
+def test_lagrange_and_divided_difference_forms_agree(grid):
+    """DEIS with data prediction integrates the Lagrange interpolant of D exactly (generic
+    helper); dpmpp_3m and res_multistep write the same integrals with divided differences."""
+    sigmas, x = GRIDS[grid](), start()
+    deis3 = ksampling.sample(toy, x.clone(), sigmas, "deis", prediction="data", lower_order_final=False)
+    dpmpp3m = ksampling.sample(toy, x.clone(), sigmas, "dpmpp_3m", lower_order_final=False)
+    torch.testing.assert_close(deis3, dpmpp3m, rtol=1e-11, atol=1e-11)
+    deis2 = ksampling.sample(toy, x.clone(), sigmas, "deis", order=2, prediction="data", lower_order_final=False)
+    res = ksampling.sample(toy, x.clone(), sigmas, "res_multistep")
+    torch.testing.assert_close(deis2, res, rtol=1e-11, atol=1e-11)
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
 def test_er_sde_reverse_sde_first_stage_is_ddpm(grid):
     # φ(σ) = σ²: r = σ_next²/σ², noise std² = σ_next²(σ² − σ_next²)/σ², DDPM's posterior
     sigmas, x = GRIDS[grid](), start()
@@ -365,6 +379,8 @@ BAD_OPTIONS = [
     ("unipc", dict(final_corrector="no"), TypeError, "final_corrector"),
     ("deis", dict(order=4), ValueError, "order"),
     ("deis", dict(variable="t"), ValueError, "variable"),
+    ("deis", dict(prediction="v"), ValueError, "prediction"),
+    ("deis", dict(prediction="data", variable="rho"), ValueError, "prediction"),
     ("ipndm", dict(max_order=5), ValueError, "max_order"),
     ("ipndm_v", dict(max_order=0), ValueError, "max_order"),
     ("gradient_estimation", dict(ge_gamma=-1.0), ValueError, "ge_gamma"),

@@ -30,7 +30,12 @@ class DEIS(Solver):
     * ``"rho"``: P is a polynomial in ρ itself, the paper's ρAB-DEIS (a variable-step
       Adams–Bashforth method in σ on ε; integrates to σ = 0 without a special case).
 
-    Order 1 is DDIM in both. ``lower_order_final`` (True) with ``lower_order_final_below``
+    ``prediction="data"`` (with ``variable="lambda"``) extrapolates D instead of ε, the
+    data-prediction exponential integrator of DPM-Solver++:
+    ``x_next = e^{−h} x + h Σ_j D_j ∫_0^1 e^{−h(1−θ)} ℓ_j(θ) dθ``; at order 3 this is the exact
+    integral of the quadratic through the last three D, i.e. ``dpmpp_3m`` (a test checks it).
+
+    Order 1 is DDIM in all forms. ``lower_order_final`` (True) with ``lower_order_final_below``
     (15, diffusers): on shorter grids the last step is first order and the one before
     second order.
     """
@@ -45,17 +50,21 @@ class DEIS(Solver):
         self,
         order: int = 3,
         variable: str = "lambda",
+        prediction: str = "noise",
         lower_order_final: bool = True,
         lower_order_final_below: float = 15,
     ):
         self.solver_order = check_int("order", order, 1, 3)
         self.variable = check_choice("variable", variable, ("lambda", "rho"))
+        self.prediction = check_choice("prediction", prediction, ("noise", "data"))
+        if self.prediction == "data" and self.variable == "rho":
+            raise ValueError("prediction='data' needs variable='lambda' (the exponential integrator in λ)")
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.lower_order_final_below = check_threshold("lower_order_final_below", lower_order_final_below)
         self.reset()
 
     def reset(self):
-        self.history: list = []  # ε at the latest points, newest first
+        self.history: list = []  # ε (or D) at the latest points, newest first
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
@@ -65,18 +74,21 @@ class DEIS(Solver):
         if self.variable == "rho":
             step = sigma_next - sigma
             weights = [step * w for w in lagrange_exp_weights([(s - sigma) / step for s in points], 0.0)]
-            return dict(weights=weights, denoise_only=False)
+            return dict(x_weight=1.0, weights=weights, denoise_only=False)
         if sigma_next == 0.0:
-            return dict(weights=[], denoise_only=True)
+            return dict(denoise_only=True)
         h = math.log(sigma / sigma_next)
         nodes = [math.log(sigma / s) / h for s in points]  # (λ_j − λ)/h
+        if self.prediction == "data":
+            weights = [h * w for w in lagrange_exp_weights(nodes, -h)]
+            return dict(x_weight=sigma_next / sigma, weights=weights, denoise_only=False)
         weights = [-sigma_next * h * w for w in lagrange_exp_weights(nodes, h)]
-        return dict(weights=weights, denoise_only=False)
+        return dict(x_weight=1.0, weights=weights, denoise_only=False)
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
         if step.denoise_only:
             return denoised
-        eps = (x - denoised) / step.sigma
-        self.history = ([eps] + self.history)[: self.solver_order]
-        return linear_combination(x, 1.0, self.history, step.weights)
+        prediction = denoised if self.prediction == "data" else (x - denoised) / step.sigma
+        self.history = ([prediction] + self.history)[: self.solver_order]
+        return linear_combination(x, step.x_weight, self.history, step.weights)
