@@ -12,7 +12,7 @@ __all__ = ["RESMultistep"]
 
 @register
 class RESMultistep(Solver):
-    """Second-order exponential multistep method (Zhang, Tao & Chen et al. 2023,
+    """Second-order exponential multistep method (Zhang, Song & Chen 2023,
     "Improved Order Analysis and Design of Exponential Integrator for Diffusion Models
     Sampling" (RES), the multistep scheme of their §4), as ComfyUI's ``res_multistep``:
 
@@ -30,7 +30,7 @@ class RESMultistep(Solver):
     order = 2
     nfe_per_step = 1
     multistep = True
-    paper = "Zhang et al. 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models Sampling"
+    paper = "Zhang, Song & Chen 2023, Improved Order Analysis and Design of Exponential Integrator for Diffusion Models Sampling"
 
     def __init__(self):
         self.reset()
