@@ -90,6 +90,14 @@ def _dpmpp_2m(config, n):
     return s, s.sigmas.double(), "vp", "round"
 
 
+def _dpmpp_2m_karras(config, n):
+    # Karras sigmas with the timesteps diffusers rounds from them: the model sees an integer
+    # timestep while the state is at the exact Karras sigma
+    s = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, **config)
+    s.set_timesteps(n)
+    return s, s.sigmas.double(), "vp", "round"
+
+
 def _unipc(config, n):
     s = diffusers.UniPCMultistepScheduler(**config)
     s.set_timesteps(n)
@@ -103,16 +111,17 @@ def _ddim(config, n):
     return s, sigmas, "vp", "round"
 
 
-CASES = {"euler": _euler, "heun": _heun, "dpmpp_2m": _dpmpp_2m, "unipc": _unipc, "ddim": _ddim}
+CASES = {"euler": _euler, "heun": _heun, "dpmpp_2m": _dpmpp_2m, "dpmpp_2m karras": _dpmpp_2m_karras, "unipc": _unipc, "ddim": _ddim}
 
 
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
 @pytest.mark.parametrize("solver", list(CASES))
 def test_solvers_match_diffusers_schedulers(unet, solver, prediction_type):
+    case, solver = solver, solver.split()[0]
     if solver not in ksampling.available():
         pytest.skip(f"solver {solver!r} is not registered yet")
     config = dict(SD_BETAS, prediction_type=prediction_type)
-    scheduler, sigmas, state, timestep = CASES[solver](config, 7)
+    scheduler, sigmas, state, timestep = CASES[case](config, 7)
     start = noise() * scheduler.init_noise_sigma
     theirs = diffusers_loop(unet, scheduler, start)
     # VP schedulers (DDIM, DPM-Solver, UniPC) keep x_vp = x/√(1+σ²); the VE state is x itself
@@ -391,3 +400,18 @@ def test_scheduler_copies_and_pickles_idle(unet):
     scheduler.set_timesteps(2)
     b = scheduler.step(eps, scheduler.timesteps[0], x).pred_original_sample
     torch.testing.assert_close(a, b)
+
+
+def test_abandoned_run_ends_its_thread_when_the_scheduler_is_dropped():
+    import gc
+
+    scheduler = KSamplingScheduler(solver="euler", **SD_BETAS)
+    scheduler.set_timesteps(3)
+    sample = noise(batch=1)
+    scheduler.step(torch.zeros_like(sample), scheduler.timesteps[0], sample)
+    thread = scheduler._worker._thread
+    assert thread.is_alive()
+    del scheduler
+    gc.collect()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
