@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .base import Solver, check_choice, check_int, register
-from .dpm_solver import check_bool, check_threshold, lagrange_exp_weights, linear_combination, step_orders
+from .dpm_solver import check_bool, check_threshold, lagrange_exp_weights, linear_combination, step_order
 
 __all__ = ["DEIS"]
 
@@ -68,7 +68,7 @@ class DEIS(Solver):
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
-        p = step_orders(n, self.solver_order, self.lower_order_final, self.lower_order_final_below)[i]
+        p = step_order(i, n, self.solver_order, self.lower_order_final, self.lower_order_final_below)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         points = sigmas[i::-1][:p]  # σ_i, σ_{i−1}, …
         if self.variable == "rho":

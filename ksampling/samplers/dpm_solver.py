@@ -27,6 +27,7 @@ from .common import log_sigma_step
 __all__ = [
     "phi",
     "lagrange_exp_weights",
+    "step_order",
     "step_orders",
     "check_bool",
     "check_fraction",
@@ -80,8 +81,8 @@ def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
     return weights
 
 
-def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float, warmup: bool = True) -> list[int]:
-    """The order each step of a multistep method uses.
+def step_order(i: int, n_steps: int, order: int, lower_order_final: bool, below: float) -> int:
+    """The order step i of a multistep method uses.
 
     Step i has at most i + 1 points of history (warm-up with lower orders). With
     ``lower_order_final`` and fewer than ``below`` steps, step i also uses at most
@@ -89,13 +90,15 @@ def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float,
     (DPM-Solver, UniPC, DEIS do this: high-order steps at the smallest σ are unstable when
     the steps are few and large).
     """
-    orders = []
-    for i in range(n_steps):
-        p = min(order, i + 1) if warmup else order
-        if lower_order_final and n_steps < below:
-            p = min(p, n_steps - i)
-        orders.append(p)
-    return orders
+    p = min(order, i + 1)
+    if lower_order_final and n_steps < below:
+        p = min(p, n_steps - i)
+    return p
+
+
+def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float) -> list[int]:
+    """:func:`step_order` for every step of a grid of ``n_steps`` steps."""
+    return [step_order(i, n_steps, order, lower_order_final, below) for i in range(n_steps)]
 
 
 def check_bool(name: str, value) -> bool:
@@ -280,17 +283,17 @@ class DPMSolverPP3M(Solver):
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
-        step_order = step_orders(n, 3, self.lower_order_final, self.lower_order_final_below)[i]
+        order_i = step_order(i, n, 3, self.lower_order_final, self.lower_order_final_below)
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
             return dict(step_order=1)
         h = log_sigma_step(sigma, sigma_next)
-        coef = dict(step_order=step_order, a=sigma_next / sigma, b1=h * phi(1, -h), b2=h * phi(2, -h), b3=h * phi(3, -h))
+        coef = dict(step_order=order_i, a=sigma_next / sigma, b1=h * phi(1, -h), b2=h * phi(2, -h), b3=h * phi(3, -h))
         if not self.official_coefficients:
             coef["b3"] *= 2.0
-        if step_order >= 2:
+        if order_i >= 2:
             coef["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if step_order >= 3:
+        if order_i >= 3:
             coef["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
         return coef
 

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .base import Solver, check_choice, check_int, register
-from .dpm_solver import check_bool, check_threshold, linear_combination, phi, step_orders
+from .dpm_solver import check_bool, check_threshold, linear_combination, phi, step_order
 
 __all__ = ["UniPC", "unipc_weights"]
 
@@ -114,31 +114,30 @@ class UniPC(Solver):
         self.history: list = []  # D at the latest points, newest first
         self.x_prev = None  # the corrected x the last predictor started from
 
-    def _orders(self, sigmas):
-        n = len(sigmas) - 1
-        orders = step_orders(n, self.solver_order, self.lower_order_final, self.lower_order_final_below)
-        if sigmas[-1] == 0.0:
-            orders[-1] = 1
-        return orders
+    def _order(self, sigmas, i):
+        if sigmas[i + 1] == 0.0:  # h = ∞: only the first-order limit x <- D exists
+            return 1
+        return step_order(i, len(sigmas) - 1, self.solver_order, self.lower_order_final, self.lower_order_final_below)
 
     def coefficients(self, sigmas, i):
-        orders = self._orders(sigmas)
-        lambdas = [-math.log(s) if s > 0 else math.inf for s in sigmas]
-        coef = dict(step_order=orders[i], correct=self.use_corrector and i > 0)
+        def lambdas(indices):
+            return [-math.log(sigmas[j]) for j in indices]
+
+        coef = dict(step_order=self._order(sigmas, i), correct=self.use_corrector and i > 0)
         if coef["correct"]:
-            q = orders[i - 1]
-            x_w, weights = unipc_weights([lambdas[i]] + lambdas[i - 1 :: -1][:q], q, self.variant, True)
+            # correct x_i with the model output at x_i: the step i−1 -> i, its order, its history
+            q = self._order(sigmas, i - 1)
+            x_w, weights = unipc_weights(lambdas([i] + list(range(i - 1, i - 1 - q, -1))), q, self.variant, True)
             coef.update(corr_x=x_w, corr_w=weights)
         if sigmas[i + 1] == 0.0:
             return coef
-        p = orders[i]
-        hist = lambdas[i::-1][:p]
-        x_w, weights = unipc_weights([lambdas[i + 1]] + hist, p, self.variant, False)
+        p = coef["step_order"]
+        points = lambdas([i + 1] + list(range(i, i - p, -1)))
+        x_w, weights = unipc_weights(points, p, self.variant, False)
         coef.update(pred_x=x_w, pred_w=weights[1:])
-        last_corr = self.use_corrector and self.final_corrector and i == len(sigmas) - 2
-        coef["final_correct"] = last_corr
-        if last_corr:
-            x_w, weights = unipc_weights([lambdas[i + 1]] + hist, p, self.variant, True)
+        coef["final_correct"] = self.use_corrector and self.final_corrector and i == len(sigmas) - 2
+        if coef["final_correct"]:
+            x_w, weights = unipc_weights(points, p, self.variant, True)
             coef.update(final_x=x_w, final_w=weights)
         return coef
 
