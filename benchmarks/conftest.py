@@ -22,6 +22,7 @@ The table is read back from pytest-benchmark's results: each case stores what it
 from __future__ import annotations
 
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -144,6 +145,8 @@ def build_table(rows: list[dict]) -> list[dict]:
     """
     timed, short = {}, {}
     for r in rows:
+        if r["comparison"] == "floor":
+            continue
         key = (r["comparison"], r["library"], r["batch_label"], r["solver"])
         (short if r["kind"] == "setup" else timed)[key] = r
     table = []
@@ -182,7 +185,17 @@ def _fmt(v, digits=1):
     return f"{v:.{digits}f}"
 
 
-def format_markdown(table: list[dict], meta: dict) -> str:
+def build_floors(rows: list[dict]) -> dict:
+    """batch label -> {op: µs}: the cost of one noise draw, one elementwise op and one
+    aminmax at that batch (``test_cost_floor``)."""
+    floors: dict = {}
+    for r in rows:
+        if r["comparison"] == "floor":
+            floors.setdefault(r["batch_label"], {})[r["solver"]] = round(r["per_step_us"], 2)
+    return floors
+
+
+def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -> str:
     lines = [
         f"Per-step time of the sampler itself (a model that costs one multiply), {meta['steps']} steps "
         f"per run, minimum over up to {meta['rounds']} runs ({meta['timer']}), device {meta['device']}"
@@ -207,6 +220,14 @@ def format_markdown(table: list[dict], meta: dict) -> str:
         + (f"`{meta['eps_wrapper']}`" if meta.get("eps_wrapper") else "a VP ε-wrapper")
         + ", diffusers the ε-network in `scale_model_input -> model -> step`.",
     ]
+    if floors:
+        lines.append("")
+    for batch, ops in sorted((floors or {}).items(), key=lambda kv: _batch_order(kv[0])):
+        lines.append(
+            f"Cost floors at {meta['batches'].get(batch, batch)}: one N(0, I) draw {_fmt(ops.get('randn'))} µs, "
+            f"one elementwise multiply {_fmt(ops.get('multiply'))} µs, one aminmax (the finiteness check) "
+            f"{_fmt(ops.get('aminmax'))} µs."
+        )
     short = [e for e in table if any(k.endswith("_run2_us") for k in e)]
     if short:
         lines += [
@@ -234,21 +255,37 @@ def _median(values):
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
 
 
+def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _meta(config, rows) -> dict:
     import torch
 
     device = config.getoption("--device")
     meta = {
         "device": device,
-        "device_name": torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else platform.processor() or platform.machine(),
+        "device_name": torch.cuda.get_device_name() if device == "cuda" and torch.cuda.is_available() else cpu_name(),
         "torch": torch.__version__,
         "threads": config.getoption("--speed-threads"),
         "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
         "steps": config.getoption("--speed-steps"),
         "rounds": config.getoption("--speed-rounds"),
         "statistic": "min over rounds of (run time / steps)",
         "timer": speed_timer(config).__name__,
         "batches": {r["batch_label"]: "x".join(map(str, r["shape"])) for r in rows},
+        "command": "pytest benchmarks/ --benchmark-only " + " ".join(
+            f"--{name}={config.getoption('--' + name)}" for name in ("device", "speed-steps", "speed-rounds", "speed-threads", "speed-timer")
+        ),
     }
     for name in ("ksampling", "diffusers"):
         try:
@@ -266,8 +303,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not rows:
         return
     table = build_table(rows)
+    floors = build_floors(rows)
     meta = _meta(config, rows)
-    text = format_markdown(table, meta)
+    text = format_markdown(table, meta, floors)
     terminalreporter.section("ksampling speed: per-step time and ratios")
     terminalreporter.write(text)
     out = config.getoption("--speed-out")
@@ -275,6 +313,6 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         json_path = path if path.suffix == ".json" else path.with_suffix(".json")
-        json_path.write_text(json.dumps({"meta": meta, "table": table, "cases": rows}, indent=1, default=str) + "\n")
+        json_path.write_text(json.dumps({"meta": meta, "table": table, "floors": floors, "cases": rows}, indent=1, default=str) + "\n")
         json_path.with_suffix(".md").write_text(text)
         terminalreporter.write_line(f"wrote {json_path} and {json_path.with_suffix('.md')}")

@@ -211,7 +211,7 @@ def run(args) -> dict | None:
                 print(format_row(row))
     meta = dict(
         device=str(device),
-        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        device_name=torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
         torch=torch.__version__,
         diffusers=diffusers.__version__,
         ksampling=ksampling.__version__,
@@ -220,6 +220,17 @@ def run(args) -> dict | None:
         statistic=f"min wall time over {args.repeats} runs after a warm-up, synchronized",
     )
     return dict(meta=meta, results=results)
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def format_row(row):

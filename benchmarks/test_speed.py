@@ -341,3 +341,36 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
         out = _time(benchmark, speed, run, info, first_s)
         assert out.shape == noise.shape
     assert bool(torch.isfinite(out).all())
+
+
+# -- cost floors: what one draw of noise and one elementwise op cost at each batch ---------------
+FLOOR_OPS = {
+    # one N(0, I) draw like x: every ancestral/SDE step draws at least one, in every library
+    "randn": lambda x, generator: torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype),
+    # one elementwise op: the trivial model, and the unit of every solver's update
+    "multiply": lambda x, generator: x * 0.5,
+    # ksampling's per-model-call finiteness check
+    "aminmax": lambda x, generator: torch.aminmax(x),
+}
+
+
+@pytest.mark.parametrize("batch", tuple(BATCHES))
+@pytest.mark.parametrize("op", tuple(FLOOR_OPS))
+def test_cost_floor(benchmark, speed, batch, op):
+    """Time one op ``--speed-steps`` times, to read the tables against: per-step times near
+    these floors cannot drop much whatever the sampler does."""
+    device = speed["device"]
+    x = torch.randn(BATCHES[batch], generator=torch.Generator().manual_seed(0)).to(device)
+    generator = torch.Generator(device).manual_seed(0)
+    fn = FLOOR_OPS[op]
+
+    def run():
+        for _ in range(speed["steps"]):
+            out = fn(x, generator)
+        _sync(device)
+        return out
+
+    _, first_s = _first_run(run)
+    info = _info("floor", "per_step", batch, op, "torch", speed["steps"])
+    out = _time(benchmark, speed, run, info, first_s)
+    assert out is not None
