@@ -415,3 +415,23 @@ def test_abandoned_run_ends_its_thread_when_the_scheduler_is_dropped():
     gc.collect()
     thread.join(timeout=10)
     assert not thread.is_alive()
+
+
+def test_ddim_without_alpha_one_ends_at_the_first_training_sigma(unet):
+    """DDIM with set_alpha_to_one=False ends at ᾱ_0, i.e. at σ(t=0) > 0, in the VP state. With
+    "leading" spacing its last timestep is 0 itself, so its last step (σ(0) -> σ(0)) is the
+    identity and spends a model call: the ksampling grid is the timesteps' sigmas, ending at
+    σ(0), and x_vp = α x at the end."""
+    if "ddim" not in ksampling.available():
+        pytest.skip("ddim is not registered yet")
+    scheduler = diffusers.DDIMScheduler(clip_sample=False, set_alpha_to_one=False, **SD_BETAS)
+    scheduler.set_timesteps(6)
+    start = noise()
+    theirs = diffusers_loop(unet, scheduler, start)
+    ac = scheduler.alphas_cumprod.double()
+    assert scheduler.timesteps[-1] == 0
+    sigmas = vp_alphas_sigmas(ac, scheduler.timesteps)
+    x = start * (1 + sigmas[0] ** 2) ** 0.5
+    ours = ksampling.sample(from_diffusers(unet, scheduler.config, timestep="round"), x, sigmas.float(), "ddim")
+    ours_vp = ours / (1 + sigmas[-1] ** 2) ** 0.5
+    assert rel_err(ours_vp.float(), theirs) < RTOL
