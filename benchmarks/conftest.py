@@ -31,6 +31,14 @@ import pytest
 
 SUITE = "ksampling-speed"
 
+try:
+    import pytest_benchmark  # noqa: F401
+except ImportError:  # the suite needs it; say how to get it instead of a fixture error
+
+    @pytest.fixture
+    def benchmark():
+        pytest.skip("the speed suite needs pytest-benchmark: pip install ksampling[bench]")
+
 
 def pytest_addoption(parser):
     group = parser.getgroup("ksampling speed suite")
