@@ -145,6 +145,46 @@ def test_public_functions_and_classes_have_docstrings(module_name):
     assert not missing, f"no docstring: {', '.join(missing)}"
 
 
+def _rendered_api():
+    """(modules rendered whole, {module: names} rendered with a members filter) of the
+    ``::: module`` directives on the reference pages and of the solver hook."""
+    whole, filtered = set(_load_hook().solver_modules()), {}
+    for page in (DOCS / "reference").glob("*.md"):
+        lines = page.read_text(encoding="utf-8").splitlines()
+        for i, line in enumerate(lines):
+            if not line.startswith("::: "):
+                continue
+            module = line[4:].strip()
+            options = []
+            for option in lines[i + 1 :]:
+                if option and not option.startswith(" "):
+                    break
+                options.append(option.strip())
+            if "members:" in options:
+                start = options.index("members:") + 1
+                names = [o[2:] for o in options[start:] if o.startswith("- ")]
+                filtered.setdefault(module, set()).update(names)
+            else:
+                whole.add(module)
+    return whole, filtered
+
+
+def test_reference_pages_render_every_public_function_and_class():
+    whole, filtered = _rendered_api()
+    missing = []
+    for module_name in _public_modules():
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name, obj in _public_objects(module):
+            home = obj.__module__
+            if home in whole or obj.__name__ in filtered.get(home, ()):
+                continue
+            missing.append(f"{home}.{obj.__name__}")
+    assert not missing, f"not rendered on any reference page: {sorted(set(missing))}"
+
+
 # -- the generated solver table ------------------------------------------------------------------
 def test_solver_table_lists_every_solver_with_its_metadata():
     from ksampling import samplers
