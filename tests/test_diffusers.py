@@ -439,3 +439,17 @@ def test_ddim_without_alpha_one_ends_at_the_first_training_sigma(unet):
     ours = ksampling.sample(from_diffusers(unet, scheduler.config, timestep="round"), x, sigmas.float(), "ddim")
     ours_vp = ours / (1 + sigmas[-1] ** 2) ** 0.5
     assert rel_err(ours_vp.float(), theirs) < RTOL
+
+
+def test_rounded_timesteps_reproduce_dpm_solver_multistep_with_karras_sigmas(unet):
+    if "dpmpp_2m" not in ksampling.available():
+        pytest.skip("dpmpp_2m is not registered yet")
+    config = diffusers.DPMSolverMultistepScheduler(use_karras_sigmas=True, **SD_BETAS).config
+    reference = diffusers.DPMSolverMultistepScheduler.from_config(config)
+    reference.set_timesteps(6)
+    ours = KSamplingScheduler.from_config(config, solver="dpmpp_2m", round_timesteps=True)
+    ours.set_timesteps(6)
+    assert ours.timestep_mode == "round" and ours.timesteps.dtype == torch.int64
+    assert torch.equal(ours.timesteps, reference.timesteps)
+    start = noise()
+    assert rel_err(diffusers_loop(unet, ours, start), diffusers_loop(unet, reference, start)) < RTOL

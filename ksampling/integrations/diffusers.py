@@ -377,6 +377,11 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             ``x = x0 + σ n`` with ``init_noise_sigma = σ_max`` and ``scale_model_input``
             dividing by √(σ² + 1), as for ``EulerDiscreteScheduler``.
         final_step: :func:`ksampling.sample`'s final-step policy.
+        round_timesteps: feed the model integer timesteps (the training step nearest in log σ)
+            while the state stays at the exact σ, as ``DPMSolverMultistepScheduler`` and
+            ``UniPCMultistepScheduler`` do with Karras sigmas; default: fractional timesteps,
+            as ``EulerDiscreteScheduler``. ``timestep_mode`` names the matching
+            ``from_diffusers(timestep=...)``.
         prediction_type: ``"epsilon"``, ``"v_prediction"`` or ``"sample"``.
 
     The remaining arguments are the schedule's, with ``EulerDiscreteScheduler``'s meaning and
@@ -420,6 +425,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         steps_offset: int = 0,
         rescale_betas_zero_snr: bool = False,
         final_sigmas_type: str = "zero",
+        round_timesteps: bool = False,
     ):
         options = dict(solver_options or {})
         self._solver_class = _get_solver(solver)
@@ -441,8 +447,9 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         linear = interpolation_type == "linear" and not (use_karras_sigmas or use_exponential_sigmas or use_beta_sigmas)
         table = self._grid_scheduler.alphas_cumprod.double()
         self._process = (_VPDiscreteLinearTime if linear else VPDiscrete)(alphas_cumprod=table, time="interpolate")
+        self._round_process = VPDiscrete(alphas_cumprod=table, time="round")
         #: the ``timestep`` option of :func:`from_diffusers` that feeds the model the same timesteps
-        self.timestep_mode = "linear" if linear else "interpolate"
+        self.timestep_mode = "round" if round_timesteps else ("linear" if linear else "interpolate")
         self.alphas_cumprod = self._grid_scheduler.alphas_cumprod
         self.init_noise_sigma = 1.0
         self.num_inference_steps = None
@@ -520,6 +527,10 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             for s, t in zip(grid.sigmas.double().tolist(), grid.timesteps.double().tolist()):
                 grid_t.setdefault(s, t)
         ts = [self._timestep_of(s, grid_t) for s in call_sigmas]
+        if self.config.round_timesteps:
+            # DPMSolverMultistep / UniPC's convention: the state stays at the exact σ, the
+            # model gets the nearest training step (nearest in log σ, as from_diffusers' "round")
+            ts = [float(self._round_process.sigma_to_t(torch.tensor([s], dtype=torch.float64))[0]) for s in call_sigmas]
         step_of_call = []
         for k in range(len(call_sigmas)):
             step_of_call.append(sum(1 for f in first_of_step if f <= k) - 1)
