@@ -20,8 +20,8 @@ show it). Every case is timed in the same session, on the same inputs:
   an ε-network pays, wrapper included, as diffusers' step includes its ε -> x0 conversion).
 
 A case whose solver ksampling does not register (yet) is skipped. The ksampling cases of
-the deterministic k-diffusion solvers also check, untimed, that they computed what
-k-diffusion computed on the same input: the same algorithm is being timed.
+the deterministic solvers also check, untimed, that they computed what k-diffusion (or, with
+the ε-wrapper, diffusers) computed from the same input: the same algorithm is being timed.
 """
 
 from __future__ import annotations
@@ -70,7 +70,8 @@ DIFFUSERS_SOLVERS = {
     "heun": ("HeunDiscreteScheduler", {}, {}),
     "dpmpp_2m": ("DPMSolverMultistepScheduler", {"solver_order": 2, "algorithm_type": "dpmsolver++"}, {}),
     "unipc": ("UniPCMultistepScheduler", {"solver_order": 2, "solver_type": "bh2"}, {"order": 2, "variant": "bh2"}),
-    "ddim": ("DDIMScheduler", {}, {"eta": 0.0}),
+    # clip_sample off: diffusers' default clamps x0 to [-1, 1] every step, ksampling does not
+    "ddim": ("DDIMScheduler", {"clip_sample": False}, {"eta": 0.0}),
     "lms": ("LMSDiscreteScheduler", {}, {}),
 }
 #: the VP discrete schedule of the ε-network (Stable Diffusion's)
@@ -90,26 +91,13 @@ def eps_network(x_in, t):
     return x_in * 0.5
 
 
-class _EpsOnVP:
-    """D(x; σ) = x − σ ε(x / √(σ² + 1), σ): the ε-wrapper used when ksampling's own
-    ``NetworkDenoiser``/``VPDiscrete`` are not available. The trivial ε ignores its time
-    argument, so σ is passed where a real wrapper would pass the network's timestep."""
-
-    def __call__(self, x, sigma):
-        s = sigma.reshape(-1, *([1] * (x.ndim - 1)))
-        return x - s * eps_network(x * torch.rsqrt(s * s + 1), sigma)
-
-
 def _eps_denoiser(alphas_cumprod):
-    """ksampling's VP ε-wrapper around ``eps_network`` when it exists, else ``_EpsOnVP``."""
-    denoisers = ksampling.denoisers
-    if hasattr(denoisers, "NetworkDenoiser") and hasattr(denoisers, "VPDiscrete"):
-        try:
-            process = denoisers.VPDiscrete(alphas_cumprod=alphas_cumprod.to(torch.float64))
-            return denoisers.NetworkDenoiser(eps_network, process, prediction="eps"), "ksampling.denoisers.NetworkDenoiser"
-        except Exception as exc:  # the wrapper is under construction: say so in the results
-            return _EpsOnVP(), f"inline (NetworkDenoiser failed: {type(exc).__name__})"
-    return _EpsOnVP(), "inline x - sigma * eps(x / sqrt(sigma^2 + 1))"
+    """ksampling's VP ε-wrapper around ``eps_network`` (k-diffusion's ``DiscreteEpsDDPMDenoiser``
+    idea: the network's timestep is interpolated from σ on the device, in every call)."""
+    from ksampling.denoisers import NetworkDenoiser, VPDiscrete
+
+    process = VPDiscrete(alphas_cumprod=alphas_cumprod.to(torch.float64))
+    return NetworkDenoiser(eps_network, process, prediction="eps"), "ksampling.denoisers.NetworkDenoiser(VPDiscrete, 'eps')"
 
 
 # -- references --------------------------------------------------------------------------------
@@ -291,6 +279,16 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
     scheduler.set_timesteps(steps, device=device)
     sigmas = _diffusers_sigmas(scheduler).to(device=device, dtype=torch.float32)
     noise = torch.randn(BATCHES[batch], generator=torch.Generator().manual_seed(0)).to(device)
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+
+    def diffusers_sample(model):
+        scheduler.set_timesteps(steps, device=device)
+        x = noise * scheduler.init_noise_sigma
+        step_kwargs = {"generator": torch.Generator(device).manual_seed(0)} if takes_generator else {}
+        for t in scheduler.timesteps:
+            model_input = scheduler.scale_model_input(x, t)
+            x = scheduler.step(model(model_input, t), t, x, return_dict=False, **step_kwargs)[0]
+        return x
 
     if library in ("ksampling", "ksampling_eps"):
         _require_ksampling(solver)
@@ -299,10 +297,11 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
             model, wrapper = denoiser, None
         else:
             model, wrapper = _eps_denoiser(scheduler.alphas_cumprod)
-            if isinstance(model, torch.nn.Module):
-                model = model.to(device)
+            model = model.to(device)
         draws = get(solver)(**options).draws_noise
-        x = noise * sigmas[0]
+        # diffusers' first state in ksampling's space x = x0 + σ n: VP-state schedulers
+        # (init_noise_sigma = 1) start from x_vp = n, i.e. x = n / α(σ_0) = n √(1 + σ_0²)
+        x = noise * (sigmas[0] if float(scheduler.init_noise_sigma) != 1.0 else (1 + sigmas[0] ** 2).sqrt())
 
         def run():
             generator = torch.Generator(device).manual_seed(0) if draws else None
@@ -318,25 +317,19 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
             info["wrapper"] = wrapper
         out = _time(benchmark, speed, run, info, first_s)
         assert out.shape == x.shape
+        if library == "ksampling_eps" and not draws:
+            # the same algorithm as the diffusers case it is compared with (untimed)
+            expected = diffusers_sample(eps_network)
+            torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
     else:
-        takes_generator = "generator" in inspect.signature(scheduler.step).parameters
-
-        def sample_with(model):
-            scheduler.set_timesteps(steps, device=device)
-            x = noise * scheduler.init_noise_sigma
-            step_kwargs = {"generator": torch.Generator(device).manual_seed(0)} if takes_generator else {}
-            for t in scheduler.timesteps:
-                model_input = scheduler.scale_model_input(x, t)
-                x = scheduler.step(model(model_input, t), t, x, return_dict=False, **step_kwargs)[0]
-            return x
 
         def run():
-            out = sample_with(eps_network)
+            out = diffusers_sample(eps_network)
             _sync(device)
             return out
 
         counted, calls = _nfe_counter(eps_network)
-        _, first_s = _first_run(sample_with, counted)
+        _, first_s = _first_run(diffusers_sample, counted)
         info = _info("diffusers", kind, batch, solver, library, steps, nfe=calls[0], scheduler=scheduler_name)
         out = _time(benchmark, speed, run, info, first_s)
         assert out.shape == noise.shape
