@@ -453,3 +453,33 @@ def test_rounded_timesteps_reproduce_dpm_solver_multistep_with_karras_sigmas(une
     assert torch.equal(ours.timesteps, reference.timesteps)
     start = noise()
     assert rel_err(diffusers_loop(unet, ours, start), diffusers_loop(unet, reference, start)) < RTOL
+
+
+def _cheap_eps_net(sample, timestep):
+    """A smooth stand-in ε network (elementwise, so batch-invariant), cheap enough to run
+    every solver."""
+    t = torch.as_tensor(timestep, dtype=sample.dtype).reshape(-1, *([1] * (sample.ndim - 1)))
+    return torch.tanh(sample * 0.8) * (0.5 + t / 2000) + 0.1 * sample
+
+
+@pytest.mark.parametrize("solver", [n for n in ksampling.available() if ksampling.samplers.info(n)["fixed_grid"]])
+def test_every_fixed_grid_solver_runs_as_a_scheduler(solver):
+    """Every fixed-grid solver, driven one model call at a time through step(), gives what
+    ksampling.sample gives (VP state, as DDPMPipeline uses it; the pipeline's generator seeds
+    the solver's noise)."""
+    scheduler = KSamplingScheduler(solver=solver, **SD_BETAS)
+    scheduler.set_timesteps(5)
+    generator = torch.Generator().manual_seed(0)
+    latents = torch.randn(2, 3, 4, 4, generator=generator)
+    start = latents * (1 + scheduler.run_sigmas[0] ** 2) ** 0.5
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            latents = scheduler.step(_cheap_eps_net(latents, t), t, latents, generator=generator).prev_sample
+    generator = torch.Generator().manual_seed(0)
+    torch.randn(2, 3, 4, 4, generator=generator)
+    denoiser = from_diffusers(_cheap_eps_net, scheduler.config, timestep=scheduler.timestep_mode)
+    expected, info = ksampling.sample(denoiser, start, scheduler.run_sigmas, solver, generator=generator, return_info=True)
+    # one timestep per model call, plus one for solvers that churn before their first call
+    churns_first = solver == "edm"
+    assert len(scheduler.timesteps) == info.nfe + churns_first
+    assert rel_err(latents, expected) < 1e-5, rel_err(latents, expected)
