@@ -1,11 +1,13 @@
 """A drop-in replacement for ``k_diffusion.sampling`` and ``k_diffusion.external``.
 
-Code written against k-diffusion 0.1.1 keeps working after one changed import::
+Code written against k-diffusion 0.1.1 keeps working after one changed import:
 
-    import ksampling.kdiffusion as K          # was: import k_diffusion as K
-    sigmas = K.sampling.get_sigmas_karras(20, 0.03, 14.6)
-    model = K.external.CompVisDenoiser(ldm)
-    x = K.sampling.sample_dpmpp_2m(model, noise * sigmas[0], sigmas, callback=cb)
+```python
+import ksampling.kdiffusion as K          # was: import k_diffusion as K
+sigmas = K.sampling.get_sigmas_karras(20, 0.03, 14.6)
+model = K.external.CompVisDenoiser(ldm)
+x = K.sampling.sample_dpmpp_2m(model, noise * sigmas[0], sigmas, callback=cb)
+```
 
 (``from ksampling.kdiffusion import sampling, external`` and ``from ksampling.kdiffusion import
 sample_euler`` work too.) Every name has k-diffusion's signature, defaults, callback dict and

@@ -15,19 +15,13 @@ never imports diffusers.
 Which timesteps the diffusers schedulers feed the network (the ``timestep`` option of
 :func:`from_diffusers`), for their default ``timestep_spacing``:
 
-=====================================  =============================================  ===============
-scheduler                              timesteps fed to the model                     ``timestep=``
-=====================================  =============================================  ===============
-EulerDiscrete, EulerAncestral, Heun,   fractional (``"linspace"`` spacing); σ is       ``"linear"``
-LMSDiscrete                            interpolated *linearly in σ* between the
-                                       training sigmas
-same, with ``use_karras_sigmas`` etc.  fractional, interpolated in log σ               ``"interpolate"``
-KDPM2Discrete (its midpoints)          fractional, interpolated in log σ               ``"interpolate"``
-DPMSolverMultistep, UniPCMultistep,    integers; σ is the training σ of that integer   ``"round"``
-DDIM, DDPM, PNDM, DEIS                 (or ``"interpolate"``: identical on the grid)
-=====================================  =============================================  ===============
+| scheduler | timesteps fed to the model | ``timestep=`` |
+|---|---|---|
+| EulerDiscrete, EulerAncestral, Heun, LMSDiscrete | fractional ("linspace" spacing), σ interpolated *linearly in σ* between the training sigmas | ``"linear"`` |
+| the same with ``use_karras_sigmas`` etc.; KDPM2Discrete's midpoints | fractional, interpolated in log σ | ``"interpolate"`` |
+| DPMSolverMultistep, UniPCMultistep, DDIM, DDPM, PNDM, DEIS | integers (with Karras sigmas: the nearest training step, the state staying at the exact σ) | ``"round"`` |
 
-On a grid of training timesteps all three give the same network input; they differ only
+On the grid of training timesteps all three give the same network input; they differ only
 between them.
 """
 
