@@ -301,10 +301,7 @@ class _SolverThread:
 
 
 def _unit_noise(sigma, sigma_next):
-    return _DRY_NOISE
-
-
-_DRY_NOISE = torch.ones(1, dtype=torch.float64)
+    return torch.ones(1, dtype=torch.float64)
 
 
 def _model_calls(solver: Solver, sigmas: list[float], final_step: str) -> tuple[list[float], list[int], bool]:
