@@ -23,11 +23,13 @@ DEFAULT_PLOTS = ROOT / "out" / "plots"
 
 PRESETS = {
     "default": dict(problems=["gauss-aniso", "gmm-2d", "gmm-64d", "digits"], schedules=["karras", "exponential"],
-                    nfe=[5, 10, 20], batch=64, dist_samples=500, dist_for_ode=False),
+                    nfe=[5, 10, 20], batch=128, dist_samples=200, dist_for_ode=False, sde_schedules=["karras"]),
     "quick": dict(problems=["gauss-iso", "gmm-2d"], solvers=["euler", "heun", "dpmpp_2m", "euler_ancestral"],
-                  schedules=["karras"], nfe=[4, 8], batch=16, dist_samples=100, dist_for_ode=False),
+                  schedules=["karras"], nfe=[4, 8], batch=16, dist_samples=100, dist_for_ode=False,
+                  sde_schedules=None),
     "full": dict(problems=["gauss-iso", "gauss-aniso", "gmm-2d", "gmm-64d", "digits", "digits-net"], schedules=None,
-                 nfe=[3, 4, 5, 6, 8, 10, 15, 20, 35, 50], batch=128, dist_samples=2000, dist_for_ode=True),
+                 nfe=[3, 4, 5, 6, 8, 10, 15, 20, 35, 50], batch=256, dist_samples=1000, dist_for_ode=True,
+                 sde_schedules=["karras", "kl_optimal"]),
 }
 
 
@@ -108,7 +110,8 @@ def config_from_args(args, parser):
         parser.error("--device cuda: CUDA is not available")
     return Config(problems=problems, solvers=solvers, schedules=sched, nfe=args.nfe or preset["nfe"],
                   device=args.device, seed=args.seed, batch=batch, dist_samples=dist_samples,
-                  dist_for_ode=preset["dist_for_ode"], kdiff=not args.no_kdiffusion, progress=not args.no_progress)
+                  dist_for_ode=preset["dist_for_ode"], sde_schedules=preset["sde_schedules"],
+                  kdiff=not args.no_kdiffusion, progress=not args.no_progress)
 
 
 def main(argv=None) -> int:
@@ -138,8 +141,11 @@ def main(argv=None) -> int:
         image_dir.mkdir(parents=True, exist_ok=True)
         for plot in plots:
             shutil.copy(plot, image_dir / plot.name)
-        body = report.markdown_report(results, "img/benchmarks", [p.name for p in plots])
-        docs.write_text(body + "\n")
+        try:
+            json_name = str(Path(args.out).resolve().relative_to(ROOT.parent))
+        except ValueError:
+            json_name = str(args.out)
+        docs.write_text(report.docs_page(results, json_name, [p.name for p in plots]) + "\n")
         print(f"docs page: {docs} (images in {image_dir})")
     print(f"total {time.perf_counter() - started:.1f} s")
     return 0

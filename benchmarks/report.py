@@ -19,8 +19,8 @@ from typing import Any, Iterable
 
 from .metrics import fit_order
 
-__all__ = ["text_report", "write_json", "load_json", "make_plots", "markdown_report", "goal_summary", "fitted_orders",
-           "GOAL_NFE"]
+__all__ = ["text_report", "write_json", "load_json", "make_plots", "markdown_report", "docs_page", "goal_summary",
+           "fitted_orders", "GOAL_NFE"]
 
 GOAL_NFE = 10  # the budget at which ksampling's best is compared with k-diffusion's best
 
@@ -101,14 +101,16 @@ _TITLES = {
 }
 
 
-def _tables(results, problem, fmt_row) -> list[tuple[str, list[str], list[list[str]]]]:
-    """(title, header, rows) of every table of one problem."""
+def _tables(results, problem, fmt_row, schedules=None) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of every table of one problem (of the given schedules only)."""
     records = results["records"]
     budgets = _budgets(records, problem)
     orders = fitted_orders(records)
     out = []
     for kind, metric in (("ode", "rel_rmse"), ("sde", "w2"), ("sde", "excess_nll")):
         for schedule in _schedules(records, problem):
+            if schedules is not None and schedule not in schedules:
+                continue
             rows = _rows(records, problem, schedule, kind, metric)
             if not rows:
                 continue
@@ -211,6 +213,11 @@ def write_json(results, path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {k: v for k, v in results.items() if k != "pictures"}
+    meta = results["meta"]
+    # each measurement names its device, seed and versions too, so records can be pooled across runs
+    stamp = {"device": meta["device"], "seed": meta["config"]["seed"], "torch": meta["torch"],
+             "ksampling": meta["ksampling"], "timestamp": meta["timestamp"]}
+    payload["records"] = [{**r, **stamp} for r in results["records"]]
     payload["goal"] = goal_summary(results)
     payload["orders"] = [{"problem": p, "label": l, "schedule": s, "order": o}
                          for (p, l, s), o in sorted(fitted_orders(results["records"]).items())]
@@ -258,6 +265,16 @@ def _grid_axes(n):
     return fig, list(axes.flat)[:n]
 
 
+def _nfe_axis(ax, budgets):
+    """Plain NFE numbers at the budgets on a log x axis (not 3×10⁰)."""
+    from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator, ScalarFormatter
+
+    ax.xaxis.set_major_locator(FixedLocator(sorted(budgets)))
+    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def make_plots(results, out_dir) -> list[Path]:
     """Write the PNG plots of a run into ``out_dir``; returns their paths."""
     plt = _plt()
@@ -285,6 +302,7 @@ def make_plots(results, out_dir) -> list[Path]:
                     (line,) = ax.plot(*zip(*pts), label=label, **styles[label.rstrip("*")])
                     handles.setdefault(label, line)
             ax.set(xscale="log", yscale="log", xlabel="NFE (counted)", ylabel="RMSE / data std", title=problem)
+            _nfe_axis(ax, _budgets(records, problem))
             ax.grid(True, which="both", alpha=0.3)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
         fig.suptitle(f"ODE solvers on the {schedule} schedule: error at sigma_min against NFE")
@@ -310,6 +328,7 @@ def make_plots(results, out_dir) -> list[Path]:
                     label = "ksampling: best solver+schedule" if impl == "ksampling" else "k-diffusion: best on Karras"
                     ax.plot(list(best), list(best.values()), label=label, **style)
             ax.set(xscale="log", yscale="log", xlabel="NFE budget", ylabel="RMSE / data std", title=problem)
+            _nfe_axis(ax, _budgets(records, problem))
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle("Best error per NFE budget: ksampling against k-diffusion")
@@ -334,6 +353,7 @@ def make_plots(results, out_dir) -> list[Path]:
                     (line,) = ax.plot(*zip(*pts), label=label, **styles[label.rstrip("*")])
                     handles.setdefault(label, line)
             ax.set(xscale="log", yscale=yscale, xlabel="NFE (counted)", ylabel=ylabel, title=problem)
+            _nfe_axis(ax, _budgets(records, problem))
             ax.grid(True, which="both", alpha=0.3)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
         fig.suptitle(f"SDE solvers on the {schedule} schedule")
@@ -352,14 +372,16 @@ def make_plots(results, out_dir) -> list[Path]:
         solvers = sorted({k.split("|")[0] for k in runs})
         budgets = sorted({int(k.split("|")[1]) for k in runs})
         fig, axes = plt.subplots(len(solvers), len(budgets) + 1,
-                                 figsize=(1.6 * (len(budgets) + 1), 1.0 * len(solvers) + 0.6), squeeze=False)
+                                 figsize=(1.9 * (len(budgets) + 1), 1.05 * len(solvers) + 0.6), squeeze=False)
 
         def mosaic(rows):
-            imgs = np.asarray(rows).reshape(-1, 8, 8)[:8]
+            """Up to 8 digits in 2 rows of 4, separated by a 1-pixel grey border."""
+            imgs = np.clip(np.asarray(rows).reshape(-1, 8, 8)[:8], -1, 1)
             imgs = np.pad(imgs, ((0, 8 - len(imgs)), (0, 0), (0, 0)), constant_values=-1)
+            imgs = np.pad(imgs, ((0, 0), (1, 0), (1, 0)), constant_values=0.0)
             top = np.concatenate(list(imgs[:4]), axis=1)
             bottom = np.concatenate(list(imgs[4:8]), axis=1)
-            return np.concatenate([top, bottom], axis=0)
+            return np.pad(np.concatenate([top, bottom], axis=0), ((0, 1), (0, 1)), constant_values=0.0)
 
         for i, solver in enumerate(solvers):
             for j, budget in enumerate(budgets):
@@ -379,7 +401,7 @@ def make_plots(results, out_dir) -> list[Path]:
             ax.set_yticks([])
             if i == 0:
                 ax.set_title("exact ODE", fontsize=8)
-        fig.suptitle(f"{problem}: the same 8 initial noises, Karras grid", fontsize=9)
+        fig.suptitle(f"{problem}: 8 samples from the same initial noises, Karras grid", fontsize=9)
         fig.tight_layout()
         path = out_dir / f"samples_{problem}.png"
         fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -395,8 +417,15 @@ def _md_table(header, rows) -> str:
     return "\n".join(lines)
 
 
-def markdown_report(results, image_dir: str | None = None, images: Iterable[str] = ()) -> str:
-    """The tables (and image links, relative to the page) of a run, as Markdown."""
+DOCS_SCHEDULES = ("karras", "kl_optimal")  # the schedules whose tables the docs page shows
+
+
+def markdown_report(results, image_dir: str | None = None, images: Iterable[str] = (),
+                    schedules: Iterable[str] | None = DOCS_SCHEDULES) -> str:
+    """The tables (and image links, relative to the page) of a run, as Markdown; only the
+    tables of ``schedules`` (all when None; the plots and the JSON have every schedule)."""
+    present = {r["schedule"] for r in results["records"]}
+    schedules = None if schedules is None else [s for s in schedules if s in present] or None
     meta = results["meta"]
     parts = [
         f"Run: ksampling {meta['ksampling']}, torch {meta['torch']}, device `{meta['device']}`"
@@ -416,11 +445,99 @@ def markdown_report(results, image_dir: str | None = None, images: Iterable[str]
                          f"{g['ratio']:.2f}" if "ratio" in g else "-"])
         parts += [_md_table(["problem", "best ksampling", "error", "best k-diffusion (Karras)", "error", "ratio"], rows), ""]
     if image_dir:
-        for name in images:
+        first = ("best_vs", "samples", "error_vs_nfe_karras", "error_vs_nfe_kl")
+        rank = lambda name: next((i for i, p in enumerate(first) if name.startswith(p)), len(first))  # noqa: E731
+        for name in sorted(images, key=lambda n: (rank(n), n)):
             parts += [f"![{name}]({image_dir}/{name})", ""]
+    if schedules is not None:
+        plural = "s" if len(schedules) > 1 else ""
+        parts += [f"Tables for the {' and '.join(schedules)} schedule{plural}; every schedule is in the plots and the "
+                  "JSON.", ""]
     for problem, info in results["problems"].items():
         parts += [f"### {problem}", "", f"{info['description']}; dimension {info['dim']}, data std "
                   f"{info['data_std']:.3g}; reference: {info['reference']}.", ""]
-        for title, header, rows in _tables(results, problem, _cell):
+        for title, header, rows in _tables(results, problem, _cell, schedules):
             parts += [f"**{title.split(' | ', 1)[1]}**", "", _md_table(header, rows), ""]
     return "\n".join(parts)
+
+
+_PAGE_INTRO = """# Benchmark results
+
+How many model evaluations does each solver need for a given accuracy? The suite in
+`benchmarks/` answers this on problems whose true answer is known, with the model
+evaluations (NFE) counted, never assumed. The numbers and plots below are those of the
+committed run `{json_path}`; run it yourself with
+
+```bash
+python -m benchmarks                  # the default: exact problems, every solver, NFE 5/10/20 (~1 min)
+python -m benchmarks --full           # this page's run: all problems, all schedules, NFE 3..50
+python -m benchmarks --quick          # the CI smoke test (seconds)
+python -m benchmarks --problems gmm-2d,digits --solvers unipc,dpmpp_2m --schedules karras --nfe 5,10
+python -m benchmarks --full --device cuda --out benchmarks/results/results-gpu.json
+```
+
+Every run prints the tables, writes every measurement (solver, schedule, NFE budget, counted
+NFE, errors, problem, device, versions, seed, time) to `benchmarks/out/results.json` and the
+plots to `benchmarks/out/plots/` (`--out`, `--plots` change that).
+
+## What is measured
+
+**Problems.** Each is a denoiser D(x; σ) with an exact answer: Gaussians (isotropic, and
+anisotropic with variances 1e-3 to 1 in a random basis: closed-form ODE solution), Gaussian
+mixtures in 2-D and 64-D, the ideal denoiser of scikit-learn's 8×8 digits (the exact D of
+the 1797 images; no download), and a small EDM-preconditioned network that the suite trains
+on the digits once and caches (`digits-net`, the only problem with a learned D).
+
+**Reference.** All solvers integrate the probability-flow ODE dx/dσ = (x − D)/σ from
+σ_max = 80 down to σ_min = 0.002 on a grid that *ends at σ_min*, and are compared there with
+the exact solution from the same initial noise: the closed form for the Gaussians, otherwise
+scipy's DOP853 in t = log σ (dx/dt = x − D, float64, rtol = atol = 1e-10), cached on disk.
+So no final step to σ = 0 (which solvers treat differently) enters the comparison.
+Everything runs in float64.
+
+**NFE.** A wrapper counts the rows the model evaluates (÷ batch). For a budget the suite picks
+the largest step count whose counted NFE fits (a dry run), runs it, and reports the count;
+`dpm_fast` is given the budget, and `dpm_adaptive` runs at a ladder of tolerances, each run
+filed under the smallest budget that holds its NFE.
+
+**Errors.** ODE solvers: RMSE against the reference divided by the data's standard deviation
+("relative RMSE"), and the fitted order (minus the slope of log error against log NFE over
+the budgets ≥ 10). SDE solvers (random paths): for Gaussian data the sampler's output is exactly
+Gaussian (every solver is affine in its noise there), and the suite computes its mean and
+covariance exactly by probing the sampler with basis vectors (Brownian-tree noise included,
+with its correlations), then the exact W2 to the true law at σ_min; for mixtures the NLL of
+samples under the true density minus that of exact samples (negative = too concentrated),
+and the error in the share of samples per mode (in the JSON). k-diffusion 0.1.1's own
+samplers run on the same problems, noise and Karras grids (`kd:` rows).
+
+A caution on reading the mixture and digits numbers: a pathwise error there is dominated by
+the few trajectories that end in a different mode than the exact flow (the median error is
+far smaller than the RMSE), so differences of less than about 20 % between solvers are noise.
+
+"""
+
+
+def docs_page(results, json_path: str, images: Iterable[str], image_dir: str = "img/benchmarks") -> str:
+    """The whole ``docs/benchmarks.md``: how the suite works, then the run's tables and plots."""
+    return _PAGE_INTRO.format(json_path=json_path) + "## Results\n\n" + markdown_report(results, image_dir, images)
+
+
+def main(argv=None) -> int:
+    """``python -m benchmarks.report RESULTS.json [--plots DIR]``: print the tables of a saved
+    run again and redraw its plots (the digits pictures are not in the JSON)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.report", description=main.__doc__.split("\n")[0])
+    parser.add_argument("json")
+    parser.add_argument("--plots", default=None)
+    args = parser.parse_args(argv)
+    results = load_json(args.json)
+    print(text_report(results))
+    if args.plots:
+        for path in make_plots(results, args.plots):
+            print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -233,6 +233,8 @@ class Config:
     batch: int = 64
     dist_samples: int = 1000  # samples per run for the mixture distribution metrics
     dist_for_ode: bool = False  # also measure the distribution metrics of ODE solvers on mixtures
+    #: schedules on which the SDE solvers (and the ODE solvers' distribution metrics) run; None: all
+    sde_schedules: list[str] | None = None
     kdiff: bool = True
     progress: bool = True
     pictures: int = 8  # digits samples kept per picture cell
@@ -314,6 +316,9 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
                 for schedule in config.schedules:
                     if method.impl == "k-diffusion" and schedule != "karras":
                         continue  # k-diffusion is compared on its own recommended grid
+                    if method.kind == "sde" and config.sde_schedules is not None \
+                            and schedule not in config.sde_schedules:
+                        continue
                     jobs.append((method, schedule))
         bar = tqdm(total=len(jobs) * len(config.nfe), desc=problem.name, disable=not config.progress, leave=False)
         for method, schedule in jobs:
@@ -353,7 +358,8 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
                     t_mean, t_cov = problem.target_gaussian()
                     rec.update(w2=metrics.gaussian_w2(mean, cov, t_mean, t_cov),
                                kl=metrics.gaussian_kl(mean, cov, t_mean, t_cov))
-                elif problem.kind == "mixture" and (method.kind == "sde" or config.dist_for_ode):
+                elif problem.kind == "mixture" and (method.kind == "sde" or (
+                        config.dist_for_ode and (config.sde_schedules is None or schedule in config.sde_schedules))):
                     samples = generate(problem, method, plan.grid, dist_seeds, budget=budget, batch=config.batch * 4,
                                        device=device)
                     dist = _dist_metrics(problem, samples)

@@ -20,12 +20,15 @@ import torch
 pytest.importorskip("scipy")
 pytest.importorskip("sklearn")
 
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
+    sys.path.insert(0, str(ROOT))
+
 import ksampling  # noqa: E402
 from benchmarks import metrics, problems, suite  # noqa: E402
 from benchmarks.distributed import generate  # noqa: E402
 from benchmarks.reference import ode_reference, reference_solution  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_quick_smoke(tmp_path):

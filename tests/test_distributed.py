@@ -15,6 +15,8 @@ import torch.distributed as dist
 pytest.importorskip("scipy")
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # the benchmarks package lives at the repository root
+    sys.path.insert(0, str(ROOT))
 ARGS = ["--problem", "gmm-2d", "--solver", "euler_ancestral", "--schedule", "karras", "--nfe", "6",
         "--samples", "40", "--seed", "3", "--batch", "8", "--device", "cpu"]
 
