@@ -450,11 +450,10 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         self._call_index = 0
         self._begin_index = None
         self._run_sigmas: list[float] = []
-        self._step_of_call: list[int] = []
         self._first_call_of_step: list[int] = []
+        self._moves_first = False
         self._worker: _SolverThread | None = None
         self._finalizer = None
-        self._pending_x = None
 
     # -- construction helpers --------------------------------------------------------------------
     def _build_grid_scheduler(self):
