@@ -159,7 +159,7 @@ def from_diffusers(
     prediction_type: str | None = None,
     timestep: str = "interpolate",
     timestep_scale: float = 1.0,
-    learned_variance: str | bool | None = None,
+    learned_variance: str | None = None,
     guidance_scale: float | None = None,
     guidance_interval=None,
     cond_key: str = "encoder_hidden_states",
