@@ -247,9 +247,11 @@ def test_against_k_diffusion(benchmark, speed, kind, batch, solver, library):
         _, first_s = _first_run(ksampling.sample, counted, x, sigmas, solver, generator=torch.Generator(device).manual_seed(0))
         out = _time(benchmark, speed, run, _info("k-diffusion", kind, batch, solver, library, steps, nfe=calls[0]), first_s)
         if solver in KDIFFUSION_DETERMINISTIC:
-            # the same algorithm as the k-diffusion case it is compared with
-            expected = getattr(K.sampling, f"sample_{solver}")(denoiser, x, sigmas, disable=True)
+            # the same algorithm as the k-diffusion case it is compared with: same output, same NFE
+            reference, reference_calls = _nfe_counter(denoiser)
+            expected = getattr(K.sampling, f"sample_{solver}")(reference, x, sigmas, disable=True)
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+            assert calls[0] == reference_calls[0]
     else:
         sampler = getattr(K.sampling, f"sample_{solver}")
 
@@ -319,8 +321,10 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
         assert out.shape == x.shape
         if library == "ksampling_eps" and not draws:
             # the same algorithm as the diffusers case it is compared with (untimed)
-            expected = diffusers_sample(eps_network)
+            reference, reference_calls = _nfe_counter(eps_network)
+            expected = diffusers_sample(reference)
             torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+            assert calls[0] == reference_calls[0]
     else:
 
         def run():
