@@ -371,3 +371,38 @@ def test_cost_floor(benchmark, speed, batch, op):
     info = _info("floor", "per_step", batch, op, "torch", speed["steps"])
     out = _time(benchmark, speed, run, info, first_s)
     assert out is not None
+
+
+# -- the summary's arithmetic (no timing: runs under plain ``pytest benchmarks/``) ----------------
+def test_ratio_table_from_rows():
+    from benchmarks.conftest import build_floors, build_table, format_markdown
+
+    def row(comparison, library, solver, per_step_us, kind="per_step", batch="b1", steps=50):
+        return dict(
+            suite=SUITE, comparison=comparison, library=library, solver=solver, kind=kind, batch_label=batch,
+            shape=list(BATCHES[batch]), steps=steps, nfe=steps, min_s=per_step_us * steps * 1e-6,
+            per_step_us=per_step_us, per_step_median_us=per_step_us * 1.1,
+        )
+
+    rows = [
+        row("k-diffusion", "ksampling", "euler", 10.0),
+        row("k-diffusion", "k-diffusion", "euler", 40.0),
+        row("diffusers", "ksampling", "euler", 12.0),
+        row("diffusers", "ksampling_eps", "euler", 30.0),
+        row("diffusers", "diffusers", "euler", 24.0),
+        row("k-diffusion", "k-diffusion", "dpm_2", 50.0),  # no ksampling case: no ratio
+        row("k-diffusion", "ksampling", "euler", 20.0, batch="b64"),
+        row("k-diffusion", "ksampling", "euler", 70.0, kind="setup", steps=2),
+        row("floor", "torch", "randn", 9.0),
+    ]
+    table = build_table(rows)
+    assert [(e["batch"], e["solver"]) for e in table] == [("b1", "dpm_2"), ("b1", "euler"), ("b64", "euler")]
+    dpm_2, euler, euler_64 = table
+    assert euler["ks/kd"] == 0.25 and euler["ks/diffusers"] == 0.5 and euler["ks_eps/diffusers"] == 1.25
+    assert euler["ksampling_run2_us"] == 140.0  # the 2-step run, whole
+    assert dpm_2["ks/kd"] is None and euler_64["ks/kd"] is None
+    assert build_floors(rows) == {"b1": {"randn": 9.0}}
+    meta = dict(steps=50, rounds=7, timer="process_time", device="cpu", torch="x", threads=1, batches={"b1": "1x3x32x32"})
+    text = format_markdown(table, meta, build_floors(rows))
+    assert "| 1x3x32x32 | euler | 10.0 | 40.0 | 0.25 |" in text
+    assert "ks/kd: median 0.25" in text and "1 at or below the goal of 0.5" in text
