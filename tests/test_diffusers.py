@@ -483,3 +483,32 @@ def test_every_fixed_grid_solver_runs_as_a_scheduler(solver):
     churns_first = solver == "edm"
     assert len(scheduler.timesteps) == info.nfe + churns_first
     assert rel_err(latents, expected) < 1e-5, rel_err(latents, expected)
+
+
+@pytest.mark.parametrize("variance_type", ["learned_range", "fixed_small", "fixed_large"])
+def test_ddpm_matches_ddpm_scheduler_including_learned_variances(unet, variance_type):
+    """ksampling's ddpm solver vs DDPMScheduler's ancestral loop on the same generator: the
+    improved-DDPM learned_range variance (a 6-channel UNet; from_diffusers reads
+    variance_type from the config) and the fixed small / large variances."""
+    if "ddpm" not in ksampling.available():
+        pytest.skip("ddpm is not registered yet")
+    if variance_type == "learned_range":
+        torch.manual_seed(0)
+        unet = diffusers.UNet2DModel(
+            sample_size=8, in_channels=3, out_channels=6, layers_per_block=1, block_out_channels=(8, 16), norm_num_groups=4,
+            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+        ).eval()
+    scheduler = diffusers.DDPMScheduler(variance_type=variance_type, clip_sample=False, **SD_BETAS)
+    scheduler.set_timesteps(8)
+    generator = torch.Generator().manual_seed(5)
+    start = torch.randn(2, 3, 8, 8, generator=generator)
+    theirs = diffusers_loop(unet, scheduler, start, generator=generator)
+    sigmas = torch.cat([vp_alphas_sigmas(scheduler.alphas_cumprod, scheduler.timesteps), torch.zeros(1, dtype=torch.float64)])
+    denoiser = from_diffusers(unet, scheduler.config, timestep="round")
+    assert denoiser.learned_variance == ("learned_range" if variance_type == "learned_range" else None)
+    generator = torch.Generator().manual_seed(5)
+    torch.randn(2, 3, 8, 8, generator=generator)
+    variance = {"learned_range": "auto", "fixed_small": "small", "fixed_large": "large"}[variance_type]
+    ours = ksampling.sample(denoiser, start * (1 + sigmas[0] ** 2) ** 0.5, sigmas.float(), "ddpm",
+                            generator=generator, variance=variance)
+    assert rel_err(ours, theirs) < RTOL
