@@ -512,3 +512,31 @@ def test_ddpm_matches_ddpm_scheduler_including_learned_variances(unet, variance_
     ours = ksampling.sample(denoiser, start * (1 + sigmas[0] ** 2) ** 0.5, sigmas.float(), "ddpm",
                             generator=generator, variance=variance)
     assert rel_err(ours, theirs) < RTOL
+
+
+MORE_SCHEDULERS = {
+    # diffusers scheduler -> (ksampling solver, timestep mode, draws noise)
+    "EulerAncestralDiscreteScheduler": ("euler_ancestral", "linear", True),
+    "LMSDiscreteScheduler": ("lms", "linear", False),
+    "KDPM2DiscreteScheduler": ("dpm_2", "interpolate", False),
+}
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name", list(MORE_SCHEDULERS))
+def test_more_k_style_schedulers_match(unet, name, prediction_type):
+    """diffusers' ports of k-diffusion samplers (VE state) against ksampling's; the ancestral
+    one on the same generator. KDPM2 lists its grid sigmas twice: the unique ones are the grid."""
+    solver, timestep, noisy = MORE_SCHEDULERS[name]
+    if solver not in ksampling.available():
+        pytest.skip(f"solver {solver!r} is not registered yet")
+    scheduler = getattr(diffusers, name)(prediction_type=prediction_type, **SD_BETAS)
+    scheduler.set_timesteps(7)
+    start = noise() * scheduler.init_noise_sigma
+    step_kwargs = {"generator": torch.Generator().manual_seed(3)} if noisy else {}
+    theirs = diffusers_loop(unet, scheduler, start, **step_kwargs)
+    sigmas = torch.unique_consecutive(scheduler.sigmas.double())
+    generator = torch.Generator().manual_seed(3) if noisy else None
+    ours = ksampling.sample(from_diffusers(unet, scheduler.config, timestep=timestep), start, sigmas.float(), solver,
+                            generator=generator)
+    assert rel_err(ours, theirs) < RTOL
