@@ -20,7 +20,10 @@ from ksampling.integrations.diffusers import KSamplingScheduler, from_diffusers 
 RTOL = 1e-4
 
 # diffusers' schedulers call np.array on tensors in a way numpy 2 deprecates
-pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
+    pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
+]
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 
 
