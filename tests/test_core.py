@@ -268,9 +268,12 @@ def test_model_output_of_the_wrong_shape_names_step_and_sigma():
         ksampling.sample(lambda x, s: x[:, 0], GOOD_X, GOOD_SIGMAS)
 
 
-def test_non_finite_model_output_names_step_and_sigma():
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_model_output_names_step_and_sigma(bad):
     def model(x, sigma):
-        return torch.where(sigma[:, None] < 5, torch.full_like(x, math.nan), x * 0)
+        out = x * 0
+        out[0, 1] = torch.where(sigma[0] < 5, bad, 0.0)
+        return out
 
     with pytest.raises(ValueError, match=r"non-finite.*step 1 \(sigma=1\)"):
         ksampling.sample(model, GOOD_X, GOOD_SIGMAS)

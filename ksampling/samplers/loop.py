@@ -169,7 +169,10 @@ class Context:
             self._extrema_where.append((step.index if step is not None else -1, sigma))
         if self._callback_due:
             self._callback_due = False
-            sigma_t = self.sigmas[step.index]
+            # Adaptive and off-grid solvers (dpm_fast, dpm_adaptive) step between sigmas of
+            # their own; their Steps say so with on_grid=False.
+            on_grid = getattr(step, "on_grid", True)
+            sigma_t = self.sigmas[step.index] if on_grid else self.sigmas.new_full((), step.sigma)
             sigma_hat = sigma_t if sigma == step.sigma else self.sigmas.new_full((), sigma)
             self.callback({"x": x, "i": step.index, "sigma": sigma_t, "sigma_hat": sigma_hat, "denoised": out})
         return (out, variance) if with_variance else out
