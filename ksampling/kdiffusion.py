@@ -162,9 +162,7 @@ class BrownianTreeNoiseSampler(_brownian.BrownianTreeNoiseSampler):
 def _schedule(name):
     from . import schedules
 
-    fn = getattr(schedules, name, None)
-    if fn is None:
-        raise NotImplementedError(f"ksampling.schedules.{name} is not available yet")
+    fn = getattr(schedules, name)
 
     def in_default_dtype(*args, **kwargs):
         # k-diffusion returns tensors of torch's default dtype (float32); ksampling computes
