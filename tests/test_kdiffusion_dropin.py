@@ -552,3 +552,23 @@ def test_dpm_solver_class_matches():
     assert [d["i"] for d in infos_a] == [d["i"] for d in infos_b[: len(infos_a)]]
     assert set(infos_a[0]) == {"x", "i", "t", "t_up", "denoised"} <= set(infos_b[0])
     assert counts["ours"] == counts["theirs"]
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m", "dpmpp_3m_sde", "euler_ancestral"])
+def test_host_syncs_do_not_grow_with_the_step_count(name):
+    """k-diffusion converts tensors to Python values inside every step; the mirror only
+    before and after the loop, so the count is the same for 4 and 16 steps."""
+    from helpers import HostSyncCounter
+
+    K = k_diffusion()
+    model, x = ToyDenoiser(), start(13)
+    counts = {}
+    for impl, module in (("ours", KS), ("theirs", K.sampling)):
+        for n in (4, 16):
+            sigmas = grid(n)
+            kwargs = {"noise_sampler": keyed_noise(x)} if name != "dpmpp_2m" else {}
+            with HostSyncCounter() as counter:
+                getattr(module, f"sample_{name}")(model, x, sigmas, disable=True, **kwargs)
+            counts[impl, n] = counter.count
+    assert counts["ours", 4] == counts["ours", 16], counts
+    assert counts["theirs", 16] > counts["theirs", 4], counts
