@@ -48,7 +48,7 @@ except ImportError as _exc:  # pragma: no cover - exercised only without the ext
 
 from ..denoisers.processes import RectifiedFlow, VPDiscrete
 from ..denoisers.wrappers import NetworkDenoiser
-from ..samplers.base import Solver, get as _get_solver
+from ..samplers.base import Solver, get as _get_solver, make_solver
 from ..samplers.loop import sample as _sample
 from ..samplers.loop import validate_sigmas as _validate_sigmas
 
@@ -475,7 +475,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _make_solver(self) -> Solver:
-        return _make(self._solver_class, self._solver_options)
+        return make_solver(self._solver_class, self._solver_options)
 
     def __getstate__(self):
         # A run in progress belongs to this process's threads; copies and pickles start idle.
@@ -695,14 +695,3 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         if self.config.state == "vp":
             x = x / torch.sqrt(1 + sigma**2)
         return x
-
-
-def _make(solver_class, options):
-    known = solver_class.option_names()
-    unknown = [k for k in options if k not in known]
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for solver {solver_class.name!r}; "
-            f"its options are: {', '.join(known) if known else '(none)'}"
-        )
-    return solver_class(**options)

@@ -21,7 +21,7 @@ import math
 from types import SimpleNamespace
 from typing import Any, ClassVar, Sequence
 
-__all__ = ["Solver", "Step", "register", "available", "get", "info", "SOLVERS"]
+__all__ = ["Solver", "Step", "register", "available", "get", "info", "make_solver", "SOLVERS"]
 
 SOLVERS: dict[str, type["Solver"]] = {}
 
@@ -152,6 +152,30 @@ def get(name: str) -> type[Solver]:
         return SOLVERS[name]
     except KeyError:
         raise ValueError(f"unknown solver {name!r}; known solvers: {', '.join(available())}") from None
+
+
+def make_solver(solver: "str | type[Solver] | Solver", options: dict[str, Any] | None = None) -> Solver:
+    """A configured solver from a registry name, a Solver class or an instance.
+
+    Unknown options raise a ``TypeError`` that lists the solver's options; values are
+    validated by the solver's constructor.
+    """
+    options = options or {}
+    if isinstance(solver, Solver):
+        if options:
+            raise TypeError("options cannot be given with a Solver instance; configure the instance instead")
+        return solver
+    cls = solver if isinstance(solver, type) and issubclass(solver, Solver) else get(solver)
+    if not options:
+        return cls()
+    known = cls.option_names()  # inspect.signature: only worth its cost when there are options
+    unknown = [k for k in options if k not in known]
+    if unknown:
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for solver {cls.name!r}; "
+            f"its options are: {', '.join(known) if known else '(none)'}"
+        )
+    return cls(**options)
 
 
 def info(name: str) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
-from .base import Solver, Step, get
+from .base import Solver, Step, make_solver
 from .noise import GaussianNoise
 
 __all__ = ["sample", "SamplingInfo", "Context", "validate_sigmas", "FINAL_STEP_POLICIES"]
@@ -205,24 +205,6 @@ def _all_finite(x: torch.Tensor) -> bool:
     return bool(torch.isfinite(torch.stack(torch.aminmax(x))).all())
 
 
-def _make_solver(solver, options) -> Solver:
-    if isinstance(solver, Solver):
-        if options:
-            raise TypeError("options cannot be given with a Solver instance; configure the instance instead")
-        return solver
-    cls = solver if isinstance(solver, type) and issubclass(solver, Solver) else get(solver)
-    if not options:
-        return cls()
-    known = cls.option_names()  # inspect.signature: only worth its cost when there are options
-    unknown = [k for k in options if k not in known]
-    if unknown:
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for solver {cls.name!r}; "
-            f"its options are: {', '.join(known) if known else '(none)'}"
-        )
-    return cls(**options)
-
-
 def _make_noise(solver: Solver, x, sigmas_list, generator, noise_sampler):
     if noise_sampler is not None:
         if generator is not None:
@@ -305,7 +287,7 @@ def sample(
     if check_finite and not _all_finite(x):
         raise ValueError("x contains NaN or inf values")
 
-    solver_obj = _make_solver(solver, options)
+    solver_obj = make_solver(solver, options)
     denoise_last = False
     if final_step != "solver" and sigmas_list[-1] == 0.0:
         # The solver stops at the last non-zero sigma; "denoise" then maps x to D(x; σ_min).
