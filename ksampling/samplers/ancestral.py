@@ -28,25 +28,28 @@ class _Ancestral(Solver):
 
     def coefficients(self, sigmas, i):
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], self.eta)
-        return dict(sigma_down=sigma_down, sigma_up=sigma_up)
+        # the Euler/DDIM step σ → σ_down moves x this fraction of the way to D
+        return dict(sigma_down=sigma_down, sigma_up=sigma_up, euler_weight=1 - sigma_down / sigmas[i])
 
     def add_noise(self, ctx, x, step):
+        """x + S_noise σ_up z."""
         if step.sigma_up == 0.0:
             return x
-        return x + ctx.noise(step.sigma, step.sigma_next) * (self.s_noise * step.sigma_up)
+        return torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * step.sigma_up)
 
 
 @register
 class EulerAncestral(_Ancestral):
-    """Euler step to σ_down, then noise: x_next = x + (σ_down − σ) (x − D)/σ + S_noise σ_up z."""
+    """Euler step to σ_down, then noise: x_next = x + (σ_down − σ) (x − D)/σ + S_noise σ_up z,
+    the deterministic part written as D + (σ_down/σ)(x − D) (one ``torch.lerp``)."""
 
     name = "euler_ancestral"
     order = 1
     paper = "k-diffusion (Crowson 2022); Ho et al. 2020 at eta = 1"
 
     def step(self, ctx, x, step):
-        d = (x - ctx.denoise(x, step.sigma)) / step.sigma
-        return self.add_noise(ctx, x + d * (step.sigma_down - step.sigma), step)
+        # x_down = D + (σ_down/σ)(x − D)  (Euler to σ_down; lerp form)
+        return self.add_noise(ctx, torch.lerp(x, ctx.denoise(x, step.sigma), step.euler_weight), step)
 
 
 @register
@@ -57,6 +60,8 @@ class DDIM(_Ancestral):
 
     with σ_up = η sqrt(σ_next² (σ² − σ_next²) / σ²), i.e. DDIM's σ_t(η) divided by
     √ᾱ_{t−1}. Deterministic (and equal to Euler) at η = 0, the default; η = 1 is DDPM.
+    Since σ_down = sqrt(σ_next² − σ_up²), the deterministic part D + σ_down ε̂ is
+    D + (σ_down/σ)(x − D), one ``torch.lerp``.
     """
 
     name = "ddim"
@@ -70,9 +75,8 @@ class DDIM(_Ancestral):
         super().__init__(eta=eta, s_noise=s_noise)
 
     def step(self, ctx, x, step):
-        denoised = ctx.denoise(x, step.sigma)
-        eps = (x - denoised) / step.sigma
-        return self.add_noise(ctx, denoised + eps * step.sigma_down, step)
+        # x_next = D + σ_down ε̂ + σ_up z = D + (σ_down/σ)(x − D) + σ_up z  (lerp form)
+        return self.add_noise(ctx, torch.lerp(x, ctx.denoise(x, step.sigma), step.euler_weight), step)
 
 
 @register
@@ -109,7 +113,7 @@ class DDPM(Solver):
         beta = 1 - alphabar / alphabar_next
         beta_tilde = beta * (1 - alphabar_next) / (1 - alphabar)
         return dict(
-            keep=(sigma_next / sigma) ** 2,  # weight of x in the posterior mean
+            to_denoised=1 - (sigma_next / sigma) ** 2,  # mean = D + (σ_next²/σ²)(x − D) = lerp(x, D, this)
             log_beta=math.log(beta),
             log_beta_tilde=math.log(beta_tilde) if beta_tilde > 0 else -math.inf,
             # VP-space variances to VE space: divide by ᾱ_next, i.e. multiply by 1 + σ_next²
@@ -124,14 +128,14 @@ class DDPM(Solver):
             denoised, learned = ctx.denoise_with_variance(x, step.sigma)
         else:
             denoised, learned = ctx.denoise(x, step.sigma), None
-        mean = denoised + (x - denoised) * step.keep
+        mean = torch.lerp(x, denoised, step.to_denoised)  # x̂0 + (σ_next²/σ²)(x − x̂0)
         if step.to_zero:
             return mean
-        noise = ctx.noise(step.sigma, step.sigma_next) * self.s_noise
+        noise = ctx.noise(step.sigma, step.sigma_next)
         if learned is not None:
-            return mean + noise * self._learned_std(learned, step)
+            return torch.addcmul(mean, noise, self._learned_std(learned, step), value=self.s_noise)
         std = step.std_large if self.variance == "large" else step.std_small
-        return mean + noise * std
+        return torch.add(mean, noise, alpha=self.s_noise * std)
 
     @staticmethod
     def _learned_std(learned, step) -> torch.Tensor:

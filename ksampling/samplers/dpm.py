@@ -48,7 +48,8 @@ class DPM2(_ChurnSolver):
         d = (x̂ − D(x̂; σ̂))/σ̂,  σ_mid = √(σ̂ σ_next),  u = x̂ + (σ_mid − σ̂) d,
         x_next = x̂ + (σ_next − σ̂) (u − D(u; σ_mid))/σ_mid.
 
-    The step to σ_next = 0 is an Euler step.
+    The half step is u = D + (σ_mid/σ̂)(x̂ − D), one ``torch.lerp``. The step to σ_next = 0 is
+    an Euler step.
     """
 
     name = "dpm_2"
@@ -59,17 +60,15 @@ class DPM2(_ChurnSolver):
     def coefficients(self, sigmas, i):
         coeffs = super().coefficients(sigmas, i)
         sigma_hat, sigma_next = coeffs["sigma_hat"], sigmas[i + 1]
-        coeffs["sigma_mid"] = math.exp(0.5 * (math.log(sigma_hat) + math.log(sigma_next))) if sigma_next > 0 else 0.0
+        coeffs.update(_midpoint_coefficients(sigma_hat, sigma_next))
         return coeffs
 
     def step(self, ctx, x, step):
         x = self.churn(ctx, x, step)
-        d = (x - ctx.denoise(x, step.sigma_hat)) / step.sigma_hat
+        denoised = ctx.denoise(x, step.sigma_hat)
         if step.to_zero:
-            return x + d * (step.sigma_next - step.sigma_hat)
-        x_mid = x + d * (step.sigma_mid - step.sigma_hat)
-        d_mid = (x_mid - ctx.denoise(x_mid, step.sigma_mid)) / step.sigma_mid
-        return x + d_mid * (step.sigma_next - step.sigma_hat)
+            return torch.lerp(x, denoised, step.euler_weight)  # Euler: x_next = D
+        return _midpoint_step(ctx, x, denoised, step)
 
 
 @register
@@ -89,19 +88,34 @@ class DPM2Ancestral(_Ancestral):
 
     def coefficients(self, sigmas, i):
         coeffs = super().coefficients(sigmas, i)
-        sigma, sigma_down = sigmas[i], coeffs["sigma_down"]
-        coeffs["sigma_mid"] = math.exp(0.5 * (math.log(sigma) + math.log(sigma_down))) if sigma_down > 0 else 0.0
+        coeffs.update(_midpoint_coefficients(sigmas[i], coeffs["sigma_down"]))
         return coeffs
 
     def step(self, ctx, x, step):
-        d = (x - ctx.denoise(x, step.sigma)) / step.sigma
+        denoised = ctx.denoise(x, step.sigma)
         if step.sigma_down == 0.0:
-            x = x + d * (step.sigma_down - step.sigma)
+            x = torch.lerp(x, denoised, step.euler_weight)  # Euler: x_down = D
         else:
-            x_mid = x + d * (step.sigma_mid - step.sigma)
-            d_mid = (x_mid - ctx.denoise(x_mid, step.sigma_mid)) / step.sigma_mid
-            x = x + d_mid * (step.sigma_down - step.sigma)
+            x = _midpoint_step(ctx, x, denoised, step)
         return self.add_noise(ctx, x, step)
+
+
+def _midpoint_coefficients(sigma: float, sigma_target: float) -> dict:
+    """The scalars of the dpm_2 step σ → σ_target through σ_mid = √(σ σ_target)."""
+    if sigma_target == 0.0:
+        return dict(sigma_mid=0.0)
+    sigma_mid = math.exp(0.5 * (math.log(sigma) + math.log(sigma_target)))
+    return dict(
+        sigma_mid=sigma_mid,
+        mid_weight=1 - sigma_mid / sigma,  # u = lerp(x, D, 1 − σ_mid/σ)
+        dt_over_sigma_mid=(sigma_target - sigma) / sigma_mid,
+    )
+
+
+def _midpoint_step(ctx, x, denoised, step):
+    """u = D + (σ_mid/σ)(x − D),  x_target = x + (σ_target − σ) (u − D(u; σ_mid))/σ_mid."""
+    x_mid = torch.lerp(x, denoised, step.mid_weight)
+    return torch.add(x, x_mid - ctx.denoise(x_mid, step.sigma_mid), alpha=step.dt_over_sigma_mid)
 
 
 # -- DPM-Solver in λ = −log σ, noise prediction ----------------------------------------------
@@ -180,13 +194,6 @@ def _range(steps: list[Step]) -> tuple[float, float]:
     return steps[0].sigma, sigma_min
 
 
-def _expose_sigmas(ctx, sigmas: list[float]) -> None:
-    """The loop's callback reports ``ctx.sigmas[step.index]``; off the caller's grid that must be
-    the solver's own sigmas, so the callback sees them (only when there is a callback)."""
-    if ctx.callback is not None:
-        ctx.sigmas = ctx.sigmas.new_tensor(sigmas)
-
-
 def _denoise_once(ctx, x, sigma: float):
     """The degenerate grid [σ, 0]: no σ_min to integrate to, so one step to 0: x = D(x; σ)."""
     step = Step(index=0, sigma=sigma, sigma_next=0.0, sigma_prev=None, first=True, last=True, to_zero=True, n_steps=1)
@@ -203,6 +210,10 @@ def _check_real(name: str, value) -> float:
 
 
 class _OffGrid(Solver):
+    """A solver that steps between sigmas of its own (it overrides :meth:`Solver.run`). Its
+    Steps carry ``on_grid=False``: the callback then reports ``step.sigma`` instead of the
+    caller's grid at ``step.index``."""
+
     fixed_grid = False
 
     def __init__(self, eta: float, s_noise: float):
@@ -212,16 +223,6 @@ class _OffGrid(Solver):
     @property
     def draws_noise(self) -> bool:
         return self.eta > 0 and self.s_noise > 0
-
-    def run(self, ctx, x, steps):
-        grid = ctx.sigmas
-        try:
-            return self.integrate(ctx, x, steps)
-        finally:
-            ctx.sigmas = grid  # the loop's own final step (final_step="denoise") indexes the grid
-
-    def integrate(self, ctx, x, steps):
-        raise NotImplementedError
 
 
 @register
@@ -252,7 +253,7 @@ class DPMFast(_OffGrid):
             return [3] * (m - 2) + [2, 1]
         return [3] * (m - 1) + [nfe % 3]
 
-    def integrate(self, ctx, x, steps):
+    def run(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
         if sigma_min == sigma_max:
             return _denoise_once(ctx, x, sigma_max)
@@ -275,19 +276,19 @@ class DPMFast(_OffGrid):
                     last=i == len(orders) - 1,
                     to_zero=False,
                     n_steps=len(orders),
+                    on_grid=False,
                     lam=lam,
                     lam_target=lam_target,
                     solver_order=order,
                     noise_std=self.s_noise * noise_std,
                 )
             )
-        _expose_sigmas(ctx, [_sigma(lam) for lam in lams])
         for step in ctx.progress(plan):
             ctx.begin_step(step)
             update = _DPM_SOLVER_STEPS[step.solver_order]
             x = update(_EpsCache(ctx), x, step.lam, step.lam_target)
             if step.noise_std > 0:
-                x = x + ctx.noise(step.sigma, step.sigma_next) * step.noise_std
+                x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
         return x
 
 
@@ -374,7 +375,7 @@ class DPMAdaptive(_OffGrid):
         self.pcoeff, self.icoeff, self.dcoeff = (_check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
         self.accept_safety = check_nonnegative("accept_safety", accept_safety)
 
-    def integrate(self, ctx, x, steps):
+    def run(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
         if sigma_min == sigma_max:
             return _denoise_once(ctx, x, sigma_max)
@@ -386,17 +387,14 @@ class DPMAdaptive(_OffGrid):
         rms_scale = 1 / math.sqrt(x.numel())
         x_prev = x
         attempts = accepted = rejected = 0
-        attempt_sigmas: list[float] = []
         bar = tqdm(desc="dpm_adaptive", unit="attempt", leave=False, disable=not ctx.show_progress)
         while lam < lam_end - 1e-5:
             lam_next = min(lam_end, lam + pid.h)
             lam_target, noise_std = _ancestral_target(lam, lam_next, lam_end, self.eta)
             step = Step(
                 index=attempts, sigma=_sigma(lam), sigma_next=_sigma(lam_next), sigma_prev=None,
-                first=attempts == 0, last=False, to_zero=False, n_steps=None,
+                first=attempts == 0, last=False, to_zero=False, n_steps=None, on_grid=False,
             )
-            attempt_sigmas.append(step.sigma)
-            _expose_sigmas(ctx, attempt_sigmas)
             ctx.begin_step(step)
             eps_at = _EpsCache(ctx)
             x_low = low(eps_at, x, lam, lam_target)
@@ -412,7 +410,7 @@ class DPMAdaptive(_OffGrid):
                 x_prev = x_low
                 x = x_high
                 if noise_std > 0:
-                    x = x + ctx.noise(step.sigma, step.sigma_next) * (self.s_noise * noise_std)
+                    x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * noise_std)
                 lam = lam_next
                 accepted += 1
             else:

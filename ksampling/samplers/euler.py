@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import Solver, check_nonnegative, register
 from .common import churn_gamma
 
@@ -30,18 +32,25 @@ class _ChurnSolver(Solver):
         sigma = sigmas[i]
         gamma = churn_gamma(sigma, len(sigmas) - 1, self.s_churn, self.s_tmin, self.s_tmax)
         sigma_hat = sigma * (gamma + 1)
-        return dict(sigma_hat=sigma_hat, churn_std=math.sqrt(sigma_hat**2 - sigma**2) if gamma > 0 else 0.0)
+        return dict(
+            sigma_hat=sigma_hat,
+            churn_std=math.sqrt(sigma_hat**2 - sigma**2) if gamma > 0 else 0.0,
+            # the Euler step from σ̂ to σ_next moves x̂ this fraction of the way to D (see Euler)
+            euler_weight=1 - sigmas[i + 1] / sigma_hat,
+        )
 
     def churn(self, ctx, x, step):
         """x̂ = x + sqrt(σ̂² − σ²) · S_noise · ε."""
         if step.churn_std == 0.0:
             return x
-        return x + ctx.noise(step.sigma, step.sigma_next) * (self.s_noise * step.churn_std)
+        return torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * step.churn_std)
 
 
 @register
 class Euler(_ChurnSolver):
-    """Euler's method: x_next = x̂ + (σ_next − σ̂) · (x̂ − D(x̂; σ̂)) / σ̂.
+    """Euler's method: x_next = x̂ + (σ_next − σ̂) · (x̂ − D(x̂; σ̂)) / σ̂,
+    i.e. x_next = D + (σ_next/σ̂)(x̂ − D): a linear interpolation from x̂ towards D with
+    weight 1 − σ_next/σ̂ (one ``torch.lerp``).
 
     Equals DDIM with η = 0 (Song et al. 2021) in the VE state space.
     """
@@ -53,8 +62,8 @@ class Euler(_ChurnSolver):
 
     def step(self, ctx, x, step):
         x = self.churn(ctx, x, step)
-        d = (x - ctx.denoise(x, step.sigma_hat)) / step.sigma_hat
-        return x + d * (step.sigma_next - step.sigma_hat)
+        # x_next = D + (σ_next/σ̂)(x̂ − D)  (Euler; lerp form)
+        return torch.lerp(x, ctx.denoise(x, step.sigma_hat), step.euler_weight)
 
 
 @register
@@ -64,6 +73,9 @@ class Heun(_ChurnSolver):
     d = (x̂ − D(x̂; σ̂)) / σ̂,  x' = x̂ + (σ_next − σ̂) d,
     d' = (x' − D(x'; σ_next)) / σ_next,  x_next = x̂ + (σ_next − σ̂) (d + d') / 2;
     the step to σ_next = 0 is an Euler step (the ODE's right side is undefined at 0).
+
+    With Δσ = σ_next − σ̂ this is x' = lerp(x̂, D, −Δσ/σ̂) and
+    x_next = lerp(x̂, D, −Δσ/(2σ̂)) + (Δσ/(2σ_next)) (x' − D'): four tensor operations.
     """
 
     name = "heun"
@@ -71,15 +83,25 @@ class Heun(_ChurnSolver):
     nfe_per_step = 2
     paper = "Karras et al. 2022, Algorithm 2"
 
+    def coefficients(self, sigmas, i):
+        coeffs = super().coefficients(sigmas, i)
+        sigma_hat, sigma_next = coeffs["sigma_hat"], sigmas[i + 1]
+        dt = sigma_next - sigma_hat
+        coeffs["half_euler_weight"] = -dt / (2 * sigma_hat)  # x̂ + (Δσ/2) d = lerp(x̂, D, −Δσ/(2σ̂))
+        coeffs["half_dt_over_sigma_next"] = dt / (2 * sigma_next) if sigma_next > 0 else 0.0
+        return coeffs
+
     def step(self, ctx, x, step):
         x = self.churn(ctx, x, step)
-        dt = step.sigma_next - step.sigma_hat
-        d = (x - ctx.denoise(x, step.sigma_hat)) / step.sigma_hat
-        x_euler = x + d * dt
+        denoised = ctx.denoise(x, step.sigma_hat)
+        x_euler = torch.lerp(x, denoised, step.euler_weight)  # x' = x̂ + Δσ d
         if step.to_zero:
             return x_euler
-        d_next = (x_euler - ctx.denoise(x_euler, step.sigma_next)) / step.sigma_next
-        return x + (d + d_next) * (dt / 2)
+        denoised_next = ctx.denoise(x_euler, step.sigma_next)
+        # x_next = x̂ + (Δσ/2)(d + d'),  d = (x̂ − D)/σ̂,  d' = (x' − D')/σ_next
+        return torch.add(
+            torch.lerp(x, denoised, step.half_euler_weight), x_euler - denoised_next, alpha=step.half_dt_over_sigma_next
+        )
 
 
 @register
