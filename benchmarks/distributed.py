@@ -13,6 +13,9 @@ Run it as a plain process or under torchrun (gloo on the CPU, NCCL on CUDA)::
     torchrun --standalone --nproc_per_node 2 -m benchmarks.distributed --problem gmm-2d ... --out s.pt
 
 Rank 0 prints the metrics and, with ``--out``, saves ``{"samples", "seeds", "metrics", ...}``.
+Solvers whose default noise is a Brownian tree get, with ``--brownian-law``, correlated
+Gaussian draws with the tree's exact correlations instead (same law, far cheaper; this is
+what the suite uses for its distribution metrics).
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def generate(problem, method, grid: Sequence[float], seeds: Sequence[int], *, budget: int | None = None,
-             batch: int = 256, device="cpu") -> torch.Tensor:
+             batch: int = 256, device="cpu", noise_mixing=None) -> torch.Tensor:
     """Samples at ``grid[-1]`` for every seed (in the order of ``seeds``), float64.
 
     Under an initialised process group each rank runs its share of the chunks and the result
-    is gathered to every rank; without one the process runs all chunks.
+    is gathered to every rank; without one the process runs all chunks. With ``noise_mixing``
+    (see :class:`benchmarks.metrics.CorrelatedNoise`) the solver's draws are correlated
+    Gaussians of that structure, from each sample's generator, instead of its default noise.
     """
+    from .metrics import CorrelatedNoise
     from .suite import run_method
 
     if batch < 1:
@@ -53,7 +59,11 @@ def generate(problem, method, grid: Sequence[float], seeds: Sequence[int], *, bu
         gens = [torch.Generator().manual_seed(s) for s in chunks[c]]
         x = torch.stack([torch.randn(problem.shape, generator=g, dtype=torch.float64) for g in gens])
         x = (x * problem.sigma_max).to(device)
-        out = run_method(method, problem.denoiser, x, grid, budget=budget, generator=gens)
+        if noise_mixing is not None:
+            noise = CorrelatedNoise(x, gens, noise_mixing)
+            out = run_method(method, problem.denoiser, x, grid, budget=budget, noise_sampler=noise)
+        else:
+            out = run_method(method, problem.denoiser, x, grid, budget=budget, generator=gens)
         mine[c] = out.detach().to("cpu", torch.float64)
     if world > 1:
         gathered: list[dict] = [None] * world  # type: ignore[list-item]
@@ -81,6 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=256, help="seeds per chunk")
     parser.add_argument("--device", default=None, help="default: cuda:LOCAL_RANK when available, else cpu")
     parser.add_argument("--out", default=None, help="save the samples and metrics here (rank 0)")
+    parser.add_argument("--brownian-law", action="store_true",
+                        help="Brownian-tree solvers: draw correlated Gaussians with the tree's law (faster)")
     args = parser.parse_args(argv)
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -98,7 +110,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if plan is None:
             parser.error(f"{args.solver} cannot run within {args.nfe} NFE")
         seeds = range(args.seed, args.seed + args.samples)
-        samples = generate(problem, method, plan.grid, seeds, budget=args.nfe, batch=args.batch, device=device)
+        mixing = plan.noise_mixing(method.noise) if args.brownian_law and method.noise == "brownian" else None
+        samples = generate(problem, method, plan.grid, seeds, budget=args.nfe, batch=args.batch, device=device,
+                           noise_mixing=mixing)
         rank, world = rank_and_world()
         if rank == 0:
             result = {"problem": problem.name, "solver": method.label, "schedule": args.schedule, "nfe": plan.nfe,

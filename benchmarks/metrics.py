@@ -28,6 +28,7 @@ __all__ = [
     "fit_order",
     "affine_output_moments",
     "ProbeNoise",
+    "CorrelatedNoise",
     "brownian_correlation",
     "mixing_matrix",
     "mode_total_variation",
@@ -126,6 +127,33 @@ class ProbeNoise:
                     start = self.offset + m * self.dim
                     flat[start : start + self.dim] = eye * float(weight)
         return noise
+
+
+class CorrelatedNoise:
+    """A ``noise_sampler`` whose k-th call returns ``Σ_m mixing[k, m] ξ_m``, ξ_m standard normal
+    drawn up front, per sample, from that sample's own generator.
+
+    With ``mixing`` a factor of :func:`brownian_correlation` of a run's noise intervals this
+    has exactly the law of a Brownian-tree noise sampler's draws for that run, at the cost of
+    one draw per sample instead of a tree descent per call and sample.
+    """
+
+    def __init__(self, like: torch.Tensor, generators: Sequence[torch.Generator], mixing: np.ndarray):
+        if len(generators) != like.shape[0]:
+            raise ValueError(f"need one generator per sample: {len(generators)} for a batch of {like.shape[0]}")
+        self.mixing = torch.as_tensor(np.asarray(mixing, dtype=np.float64), dtype=like.dtype, device=like.device)
+        n_blocks = self.mixing.shape[1]
+        self.xi = torch.stack([
+            torch.randn((n_blocks, *like.shape[1:]), generator=g, device=g.device, dtype=like.dtype) for g in generators
+        ]).to(like.device)  # [B, M, ...]
+        self.calls = 0
+
+    def __call__(self, sigma=None, sigma_next=None) -> torch.Tensor:
+        k = self.calls
+        self.calls += 1
+        if k >= self.mixing.shape[0]:
+            raise RuntimeError(f"the sampler drew noise more often ({k + 1} times) than planned ({self.mixing.shape[0]})")
+        return torch.tensordot(self.xi, self.mixing[k], dims=([1], [0]))
 
 
 def brownian_correlation(intervals: Sequence[tuple[float, float]]) -> np.ndarray:

@@ -168,17 +168,19 @@ def test_brownian_correlation():
     assert mix.shape == (3, 2) and np.allclose(mix @ mix.T, corr)
 
 
-@pytest.mark.parametrize("name", ["euler_ancestral", "dpmpp_sde"])
-def test_exact_output_law_matches_monte_carlo(name):
+@pytest.mark.parametrize("name, tree_law", [("euler_ancestral", False), ("dpmpp_sde", False), ("dpmpp_sde", True)])
+def test_exact_output_law_matches_monte_carlo(name, tree_law):
     """The probed (exact) Gaussian law of a stochastic sampler's output against the moments
     of 3000 real samples; dpmpp_sde draws correlated Brownian-tree noise (its steps query the
-    intervals σ→σ_s and σ→σ_next, which overlap)."""
+    intervals σ→σ_s and σ→σ_next, which overlap). With ``tree_law`` the samples use the suite's
+    correlated Gaussian draws in place of the tree: they must have the same law."""
     problem = problems.get_problem("gauss-iso")
     method = next(m for m in suite.methods_for([name], with_kdiff=False))
     plan = suite.plan_steps(method, "karras", 4, problem.sigma_min, problem.sigma_max)
     run = lambda x, noise: suite.run_method(method, problem.denoiser, x, plan.grid, noise_sampler=noise)  # noqa: E731
     mean, cov = metrics.affine_output_moments(run, problem.dim, problem.sigma_max, plan.noise_mixing(method.noise))
-    samples = generate(problem, method, plan.grid, range(3000), batch=1000).numpy()
+    mixing = plan.noise_mixing(method.noise) if tree_law else None
+    samples = generate(problem, method, plan.grid, range(3000), batch=1000, noise_mixing=mixing).numpy()
     mc_mean, mc_cov = samples.mean(0), np.cov(samples.T)
     assert np.abs(mc_mean - mean).max() < 5 * math.sqrt(cov.diagonal().max() / 3000)
     assert np.abs(mc_cov - cov).max() < 0.15 * cov.diagonal().max()
