@@ -19,11 +19,17 @@ Lu et al. 2022, §5; ``η`` scales the stochasticity, ``η = 1`` is the reverse-
 
 Every per-step scalar is computed on the host by :meth:`coefficients`; the steps only combine
 tensors with them. A step that ends at σ = 0 is the first-order step, which returns ``D``.
+
+The weights of ``x`` and ``D`` in these updates add up to 1 (``σ_next/σ + 1 − e^{−h}`` and
+``e^{−(1+η)h} + 1 − e^{−(1+η)h}``), so each update ``ratio · x + phi · D`` is the linear
+interpolation ``x + phi (D − x)``: one ``torch.lerp`` instead of three tensor operations.
 """
 
 from __future__ import annotations
 
 import math
+
+import torch
 
 from .base import Solver, check_choice, check_nonnegative, register
 from .common import ancestral_step, log_sigma_step
@@ -80,8 +86,8 @@ class DPMPP2SAncestral(Solver):
             sigma_mid = sigma * math.exp(-h / 2)
             coeffs.update(
                 sigma_mid=sigma_mid,
-                mid=dpmpp_first_order(sigma, sigma_mid),
-                down=dpmpp_first_order(sigma, sigma_down),
+                phi_mid=dpmpp_first_order(sigma, sigma_mid)[1],
+                phi_down=dpmpp_first_order(sigma, sigma_down)[1],
             )
         return coeffs
 
@@ -90,13 +96,11 @@ class DPMPP2SAncestral(Solver):
         if step.denoise_only:
             x = denoised
         else:
-            ratio, phi = step.mid
-            x_mid = x * ratio + denoised * phi
-            denoised_mid = ctx.denoise(x_mid, step.sigma_mid)
-            ratio, phi = step.down
-            x = x * ratio + denoised_mid * phi
+            # u = (σ_s/σ) x + (1 − e^{−h/2}) D,  x_down = (σ_down/σ) x + (1 − e^{−h}) D(u; σ_s)
+            x_mid = torch.lerp(x, denoised, step.phi_mid)
+            x = torch.lerp(x, ctx.denoise(x_mid, step.sigma_mid), step.phi_down)
         if step.noise_std > 0:
-            x = x + ctx.noise(step.sigma, step.sigma_next) * step.noise_std
+            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
         return x
 
 
@@ -145,9 +149,9 @@ class DPMPPSDE(Solver):
         return dict(
             denoise_only=False,
             sigma_mid=sigma_mid,
-            mid=dpmpp_first_order(sigma, mid_down),
+            phi_mid=dpmpp_first_order(sigma, mid_down)[1],
             mid_noise_std=self.s_noise * mid_up,
-            down=dpmpp_first_order(sigma, down),
+            phi_down=dpmpp_first_order(sigma, down)[1],
             noise_std=self.s_noise * up,
             weight_mid=1 / (2 * self.r),
         )
@@ -156,17 +160,14 @@ class DPMPPSDE(Solver):
         denoised = ctx.denoise(x, step.sigma)
         if step.denoise_only:
             return denoised
-        ratio, phi = step.mid
-        x_mid = x * ratio + denoised * phi
+        x_mid = torch.lerp(x, denoised, step.phi_mid)  # (σ_down,s/σ) x + (1 − σ_down,s/σ) D
         if step.mid_noise_std > 0:
-            x_mid = x_mid + ctx.noise(step.sigma, step.sigma_mid) * step.mid_noise_std
-        denoised_mid = ctx.denoise(x_mid, step.sigma_mid)
-        w = step.weight_mid
-        denoised_d = denoised * (1 - w) + denoised_mid * w
-        ratio, phi = step.down
-        x = x * ratio + denoised_d * phi
+            x_mid = torch.add(x_mid, ctx.noise(step.sigma, step.sigma_mid), alpha=step.mid_noise_std)
+        # D' = (1 − 1/(2r)) D + 1/(2r) D(u; σ_s)
+        denoised_d = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
+        x = torch.lerp(x, denoised_d, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D'
         if step.noise_std > 0:
-            x = x + ctx.noise(step.sigma, step.sigma_next) * step.noise_std
+            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
         return x
 
 
@@ -191,6 +192,7 @@ class DPMPP2M(_Multistep):
         D' = (1 + 1/(2r)) D_i − 1/(2r) D_{i−1},
         x_next = (σ_next/σ) x − (e^{−h} − 1) D'.
 
+    As σ_next/σ = e^{−h}, ``x_next = lerp(x, lerp(D_i, D_{i−1}, −1/(2r)), 1 − e^{−h})``.
     The first step (no history) and the step to σ = 0 are first order.
     """
 
@@ -201,20 +203,20 @@ class DPMPP2M(_Multistep):
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        ratio, phi = dpmpp_first_order(sigma, sigma_next)
+        _, phi = dpmpp_first_order(sigma, sigma_next)  # the weight of x, σ_next/σ, is 1 − phi
         weight_old = 0.0
         if i > 0 and sigma_next > 0:
             r = log_sigma_step(sigmas[i - 1], sigma) / log_sigma_step(sigma, sigma_next)
             weight_old = -1 / (2 * r)
-        return dict(ratio=ratio, phi=phi, weight_old=weight_old)
+        return dict(phi=phi, weight_old=weight_old)
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
         denoised_d = denoised
         if step.weight_old != 0.0:
-            denoised_d = denoised * (1 - step.weight_old) + self.history[0] * step.weight_old
+            denoised_d = torch.lerp(denoised, self.history[0], step.weight_old)  # D' = (1 − w) D_i + w D_{i−1}
         self.remember(denoised, 1)
-        return x * step.ratio + denoised_d * step.phi
+        return torch.lerp(x, denoised_d, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D'
 
 
 class _MultistepSDE(_Multistep):
@@ -230,21 +232,21 @@ class _MultistepSDE(_Multistep):
 
     def sde_coefficients(self, sigma: float, sigma_next: float) -> dict:
         """The first-order SDE step: ``x_next = decay · x + phi · D + noise_std · z`` with
-        ``decay = (σ_next/σ) e^{−ηh}``, ``phi = 1 − e^{−(1+η)h}``,
+        ``decay = (σ_next/σ) e^{−ηh} = e^{−(1+η)h} = 1 − phi``, ``phi = 1 − e^{−(1+η)h}``
+        (so the step is ``lerp(x, D, phi)`` plus noise),
         ``noise_std = S_noise σ_next √(1 − e^{−2ηh})``."""
         h = log_sigma_step(sigma, sigma_next)
         h_eta = h * (1 + self.eta)
         return dict(
             h=h,
             h_eta=h_eta,
-            decay=math.exp(-h_eta),  # = (σ_next/σ) e^{−ηh}
             phi=-math.expm1(-h_eta),
             noise_std=self.s_noise * sigma_next * math.sqrt(-math.expm1(-2 * self.eta * h)),
         )
 
     def add_noise(self, ctx, x, step):
         if step.noise_std > 0:
-            x = x + ctx.noise(step.sigma, step.sigma_next) * step.noise_std
+            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
         return x
 
 
@@ -290,9 +292,9 @@ class DPMPP2MSDE(_MultistepSDE):
         denoised = ctx.denoise(x, step.sigma)
         if step.denoise_only:
             return denoised
-        x_next = x * step.decay + denoised * step.phi
+        x_next = torch.lerp(x, denoised, step.phi)  # e^{−(1+η)h} x + φ D
         if step.weight_diff != 0.0:
-            x_next = x_next + (denoised - self.history[0]) * step.weight_diff
+            x_next = torch.add(x_next, denoised - self.history[0], alpha=step.weight_diff)  # + c (D_i − D_{i−1})/r
         self.remember(denoised, 1)
         return self.add_noise(ctx, x_next, step)
 
@@ -344,7 +346,7 @@ class DPMPP3MSDE(_MultistepSDE):
         denoised = ctx.denoise(x, step.sigma)
         if step.denoise_only:
             return denoised
-        x_next = x * step.decay + denoised * step.phi
+        x_next = torch.lerp(x, denoised, step.phi)  # e^{−h_η} x + (1 − e^{−h_η}) D_i
         if step.history_used == 2:
             denoised_1, denoised_2 = self.history
             r0, r1 = step.r0, step.r1
@@ -354,6 +356,6 @@ class DPMPP3MSDE(_MultistepSDE):
             d2 = (d1_0 - d1_1) / (r0 + r1)
             x_next = x_next + d1 * step.phi_2 - d2 * step.phi_3
         elif step.history_used == 1:
-            x_next = x_next + (denoised - self.history[0]) * (step.phi_2 / step.r0)
+            x_next = torch.add(x_next, denoised - self.history[0], alpha=step.phi_2 / step.r0)
         self.remember(denoised, 2)
         return self.add_noise(ctx, x_next, step)
