@@ -10,15 +10,17 @@ baseline; the method is the textbook variable-step Adams–Bashforth, Hairer, N�
 
 where ``ℓ_j`` is the Lagrange basis polynomial that is 1 at σ_{i−j} and 0 at the other nodes;
 ``p = min(i + 1, order)``. k-diffusion integrates ``ℓ_j`` with ``scipy.integrate.quad`` in every
-step; here the polynomial is integrated in closed form (numpy's polynomial antiderivative), on
-the host, once per run, in a scaled variable u = (τ − σ_i)/(σ_{i+1} − σ_i) where the nodes are
-O(1) numbers.
+step; here the polynomial is integrated in closed form, on the host in plain Python floats, once
+per run, in a scaled variable u = (τ − σ_i)/(σ_{i+1} − σ_i) where the nodes are O(1) numbers.
+
+Since d_{i−j} = (x − D)_{i−j} / σ_{i−j}, the solver keeps the residuals ``x − D`` and folds
+``1/σ_{i−j}`` into the host-side weights: ``x_{i+1} = x_i + Σ_j (c_{ij}/σ_{i−j}) (x − D)_{i−j}``,
+one ``torch.add(..., alpha=)`` per history term.
 """
 
 from __future__ import annotations
 
-import numpy as np
-from numpy.polynomial import Polynomial
+import torch
 
 from .base import Solver, check_int, register
 
@@ -32,10 +34,21 @@ def lms_coefficients(sigmas, i: int, order: int) -> list[float]:
     nodes = [(sigmas[i - k] - sigmas[i]) / step for k in range(p)]  # u of σ_i, σ_{i−1}, …
     coeffs = []
     for j in range(p):
-        others = [nodes[k] for k in range(p) if k != j]
-        basis = Polynomial.fromroots(others) / np.prod([nodes[j] - u for u in others]) if others else Polynomial([1.0])
-        antiderivative = basis.integ()
-        coeffs.append(float(step * (antiderivative(1.0) - antiderivative(0.0))))
+        # ℓ_j(u) = Π_{k≠j} (u − u_k)/(u_j − u_k): expand the product into powers of u, then
+        # ∫_0^1 Σ_m a_m u^m du = Σ_m a_m/(m + 1)
+        powers = [1.0]  # a_0, a_1, … of Π (u − u_k)
+        denominator = 1.0
+        for k in range(p):
+            if k == j:
+                continue
+            times_factor = [0.0] * (len(powers) + 1)  # (Σ a_m u^m)(u − u_k)
+            for m, a in enumerate(powers):
+                times_factor[m + 1] += a
+                times_factor[m] -= nodes[k] * a
+            powers = times_factor
+            denominator *= nodes[j] - nodes[k]
+        integral = sum(a / (m + 1) for m, a in enumerate(powers)) / denominator
+        coeffs.append(step * integral)
     return coeffs
 
 
@@ -54,14 +67,16 @@ class LMS(Solver):
         self.lms_order = check_int("order", order, 1)
 
     def reset(self) -> None:
-        self.derivatives = []  # most recent first
+        self.residuals = []  # x − D = σ d of the earlier steps, most recent first
 
     def coefficients(self, sigmas, i):
-        return dict(weights=lms_coefficients(sigmas, i, self.lms_order))
+        weights = lms_coefficients(sigmas, i, self.lms_order)
+        # the weight of the residual (x − D)_{i−j} is c_{ij}/σ_{i−j}
+        return dict(residual_weights=[c / sigmas[i - j] for j, c in enumerate(weights)])
 
     def step(self, ctx, x, step):
-        d = (x - ctx.denoise(x, step.sigma)) / step.sigma
-        self.derivatives = [d] + self.derivatives[: self.lms_order - 1]
-        for weight, d_past in zip(step.weights, self.derivatives):
-            x = x + d_past * weight
+        self.residuals = [x - ctx.denoise(x, step.sigma)] + self.residuals[: self.lms_order - 1]
+        # x_{i+1} = x_i + Σ_j c_{ij} d_{i−j},  d_{i−j} = (x − D)_{i−j}/σ_{i−j}
+        for weight, residual in zip(step.residual_weights, self.residuals):
+            x = torch.add(x, residual, alpha=weight)
         return x
