@@ -264,6 +264,7 @@ class VPDiscrete(NoiseProcess):
         self.sigma_min = float(self.sigmas[0])
         self.sigma_max = float(self.sigmas[-1])
         self._tables: dict = {}
+        self._interpolation_tables: dict = {}
 
     def _schedule_betas(self, n, beta_start, beta_end):
         if self.beta_schedule == "squaredcos_cap_v2":
@@ -287,19 +288,30 @@ class VPDiscrete(NoiseProcess):
             table = self._tables[key] = self.log_sigmas.to(device=device, dtype=_work_dtype(device))
         return table
 
+    def _interpolation_tables_on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(log σ_1 … log σ_{T−2}, log σ_k, 1/(log σ_{k+1} − log σ_k)) on ``device``, made once:
+        the per-call work of :meth:`sigma_to_t` is then a search, two gathers and three ops."""
+        key = (device.type, device.index)
+        tables = self._interpolation_tables.get(key)
+        if tables is None:
+            log_sigmas = self._log_sigmas_on(device)
+            tables = (log_sigmas[1:-1].contiguous(), log_sigmas, 1 / (log_sigmas[1:] - log_sigmas[:-1]))
+            self._interpolation_tables[key] = tables
+        return tables
+
     def sigma_to_t(self, sigma):
-        log_sigmas = self._log_sigmas_on(sigma.device)
         log_sigma = _as_work(sigma).log()
         if self.time == "round":
+            log_sigmas = self._log_sigmas_on(sigma.device)
             nearest = (log_sigma.reshape(-1, 1) - log_sigmas).abs().argmin(dim=1)
             return nearest.reshape(sigma.shape)
-        # index of the last training sigma <= sigma, kept inside [0, T-2] so that both
-        # neighbours exist; w outside [0, 1] (sigma beyond the table) is clamped.
-        low = torch.searchsorted(log_sigmas, log_sigma.contiguous(), right=True) - 1
-        low = low.clamp(0, len(log_sigmas) - 2)
-        log_low, log_high = log_sigmas[low], log_sigmas[low + 1]
-        w = ((log_low - log_sigma) / (log_low - log_high)).clamp(0, 1)
-        return ((1 - w) * low + w * (low + 1)).to(_time_dtype(sigma))
+        inner, log_sigmas, inv_gaps = self._interpolation_tables_on(sigma.device)
+        # low: the last training index k with log σ_k <= log σ, kept inside [0, T−2] so that
+        # both neighbours exist (searching the inner entries does both at once);
+        # t = k + w, w = (log σ − log σ_k)/(log σ_{k+1} − log σ_k), clamped to [0, 1] beyond the table.
+        low = torch.searchsorted(inner, log_sigma.contiguous(), right=True)
+        w = ((log_sigma - log_sigmas[low]) * inv_gaps[low]).clamp(0, 1)
+        return (low + w).to(_time_dtype(sigma))
 
     def t_to_sigma(self, t):
         log_sigmas = self._log_sigmas_on(t.device)
