@@ -17,14 +17,14 @@ import sys
 
 import torch
 
-from ksampling import schedules
+from ksampling import samplers, schedules
 
 from . import metrics, suite
 from .problems import get_problem, initial_noise
 from .reference import reference_solution
 
 SOLVERS = [("ipndm", {}), ("deis", {}), ("unipc", {}), ("unipc", {"order": 3}), ("dpmpp_3m", {}), ("ipndm_v", {}),
-           ("dpm_solver", {"order": 2}), ("res_multistep", {})]
+           ("dpm_solver", {"order": 2}), ("res_multistep", {}), ("gradient_estimation", {})]
 SCHEDULES = ([("karras", {"rho": rho}) for rho in (5.0, 7.0, 10.0, 15.0, 25.0)]
              + [("kl_optimal", {}), ("polyexponential", {"rho": 0.5}), ("polyexponential", {"rho": 0.7}),
                 ("exponential", {})])
@@ -52,6 +52,8 @@ def search(problems, nfe=10, seeds=range(1000, 1128), progress=print):
                 kd_best, kd_label = err, method.label
         progress(f"{name}: best k-diffusion at {nfe} NFE: {kd_label} {kd_best / problem.data_std:.3g}")
         for (solver, options), (sched, params) in itertools.product(SOLVERS, SCHEDULES):
+            if solver not in samplers.available():
+                continue
             method = suite.methods_for([solver], with_kdiff=False)[0]
             steps = nfe // method.nfe_per_step
             grid = _grid(sched, steps, problem.sigma_min, problem.sigma_max, **params)
