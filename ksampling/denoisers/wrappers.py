@@ -85,7 +85,7 @@ def denoised_from_prediction(kind, output, x, sigma, process, t=None):
     """D(x; σ) from a network output of ``kind`` (see the module's table). ``sigma`` is ``[B]``."""
     s = _dims(sigma, x.ndim)
     if kind == "eps":
-        return x - s * output
+        return torch.addcmul(x, s, output, value=-1)  # x − σ·ε in one pass
     if kind == "x0":
         return output
     if kind == "v":

@@ -20,6 +20,7 @@ import math
 from typing import Sequence
 
 import numpy as np
+import torch
 
 from .base import Solver, check_choice, check_int, register
 from .common import log_sigma_step
@@ -131,7 +132,7 @@ def linear_combination(x, x_weight: float, tensors: Sequence, weights: Sequence[
     out = x * x_weight
     for tensor, weight in zip(tensors, weights):
         if weight != 0.0:
-            out = out + tensor * weight
+            out = torch.add(out, tensor, alpha=weight)
     return out
 
 
