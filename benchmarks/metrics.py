@@ -22,6 +22,7 @@ import torch
 
 __all__ = [
     "rmse",
+    "median_sample_error",
     "gaussian_w2",
     "gaussian_kl",
     "sqrtm_psd",
@@ -47,6 +48,14 @@ def rmse(x, reference) -> float:
     if x.shape != reference.shape:
         raise ValueError(f"x has shape {x.shape} but reference has shape {reference.shape}")
     return float(np.sqrt(np.mean((x - reference) ** 2)))
+
+
+def median_sample_error(x, reference) -> float:
+    """The median over samples of each sample's RMS error: unlike :func:`rmse` not dominated by
+    the few trajectories of a multimodal problem that end in another mode."""
+    x, reference = _np(x), _np(reference)
+    per_sample = np.sqrt(np.mean((x - reference).reshape(len(x), -1) ** 2, axis=1))
+    return float(np.median(per_sample))
 
 
 def sqrtm_psd(a) -> np.ndarray:

@@ -345,7 +345,8 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
                     model = CountingModel(problem.denoiser, x_T.shape[0])
                     out = run_method(method, model, x_T.clone(), plan.grid, budget=budget)
                     err = metrics.rmse(out, reference)
-                    rec.update(nfe=model.nfe, rmse=err, rel_rmse=err / problem.data_std)
+                    rec.update(nfe=model.nfe, rmse=err, rel_rmse=err / problem.data_std,
+                               rel_median=metrics.median_sample_error(out, reference) / problem.data_std)
                     if problem.name in pictures and method.impl == "ksampling" and method.solver in PICTURE_SOLVERS \
                             and schedule == "karras":
                         pictures[problem.name]["runs"][f"{method.label}|{budget}"] = \
@@ -395,7 +396,9 @@ def _run_adaptive(method: Method, problem: Problem, x_T, reference, config: Conf
         err = metrics.rmse(out, reference)
         rec = dict(problem=problem.name, impl=method.impl, solver=method.solver, label=method.label, kind=method.kind,
                    schedule=GRID_FREE, nfe_budget=budget, steps=None, nfe=model.nfe, rmse=err,
-                   rel_rmse=err / problem.data_std, rtol=rtol, seconds=time.perf_counter() - t1)
+                   rel_rmse=err / problem.data_std,
+                   rel_median=metrics.median_sample_error(out, reference) / problem.data_std,
+                   rtol=rtol, seconds=time.perf_counter() - t1)
         if budget not in best or err < best[budget]["rmse"]:
             best[budget] = rec
     return [best[b] for b in sorted(best)]

@@ -149,6 +149,16 @@ def test_gaussian_metrics_closed_forms():
         float(analytic.gaussian_w2(t(mean), t(cov), t(shift), t(cov2))), rel=1e-6)
 
 
+def test_rmse_and_median_error():
+    ref = np.zeros((4, 3))
+    x = np.zeros((4, 3))
+    x[0] = 2.0  # one sample off by 2 in every coordinate
+    assert metrics.rmse(x, ref) == pytest.approx(math.sqrt(4 * 3 / 12))
+    assert metrics.median_sample_error(x, ref) == 0.0
+    with pytest.raises(ValueError, match="shape"):
+        metrics.rmse(x, ref[:2])
+
+
 def test_fit_order_and_mode_tv():
     nfe = np.array([4, 8, 16, 32])
     assert metrics.fit_order(nfe, 3.0 * nfe**-2.0) == pytest.approx(2.0)
