@@ -195,6 +195,11 @@ def text_report(results) -> str:
             parts.append("")
             parts.append("best ksampling ODE solver per budget: " + "; ".join(
                 f"{r['nfe_budget']}: {r['solver']}/{r['schedule']} {_fmt(r['rel_rmse'])}" for r in best))
+    failures = meta.get("failures") or []
+    if failures:
+        parts.append("")
+        parts.append(f"== {len(failures)} runs FAILED (their records carry 'error'):")
+        parts.extend("   " + f for f in failures)
     goals = goal_summary(results)
     if goals:
         parts.append("")
@@ -231,8 +236,9 @@ def write_json(results, path) -> Path:
 
 
 def _round(value):
-    if isinstance(value, float) and math.isfinite(value):
-        return float(f"{value:.7g}")
+    if isinstance(value, float):
+        # strict JSON has no NaN/inf: a non-finite number (a KL of a collapsed law) becomes null
+        return float(f"{value:.7g}") if math.isfinite(value) else None
     if isinstance(value, dict):
         return {k: _round(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -284,6 +284,7 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     seeds = list(range(config.seed, config.seed + config.batch))
     dist_seeds = list(range(config.seed + 1_000_000, config.seed + 1_000_000 + config.dist_samples))
     records: list[dict[str, Any]] = []
+    failures: list[str] = []
     pictures: dict[str, Any] = {}
     problem_meta = {}
     started = time.perf_counter()
@@ -326,56 +327,69 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
         bar = tqdm(total=len(jobs) * len(config.nfe), desc=problem.name, disable=not config.progress, leave=False)
         for method, schedule in jobs:
             if method.adaptive:
-                records.extend(_run_adaptive(method, problem, x_T, reference, config))
                 bar.update(len(config.nfe))
+                try:
+                    records.extend(_run_adaptive(method, problem, x_T, reference, config))
+                except Exception as exc:  # one failing solver must not sink the whole run
+                    failures.append(f"{problem.name} / {method.label}: {type(exc).__name__}: {exc}")
+                    log(f"  FAILED {failures[-1]}")
                 continue
             for budget in config.nfe:
                 bar.update(1)
                 try:
-                    plan = plan_steps(method, schedule, budget, problem.sigma_min, problem.sigma_max)
-                except ValueError as exc:  # a schedule that cannot make this many steps
-                    log(f"  skipped {method.label} / {schedule} / {budget}: {exc}")
-                    continue
-                if plan is None:
-                    continue
-                rec = dict(problem=problem.name, impl=method.impl, solver=method.solver, label=method.label,
-                           kind=method.kind, schedule=schedule, nfe_budget=budget, steps=plan.steps)
-                t1 = time.perf_counter()
-                if method.kind == "ode":
-                    model = CountingModel(problem.denoiser, x_T.shape[0])
-                    out = run_method(method, model, x_T.clone(), plan.grid, budget=budget)
-                    err = metrics.rmse(out, reference)
-                    rec.update(nfe=model.nfe, rmse=err, rel_rmse=err / problem.data_std,
-                               rel_median=metrics.median_sample_error(out, reference) / problem.data_std)
-                    if problem.name in pictures and method.impl == "ksampling" and method.solver in PICTURE_SOLVERS \
-                            and schedule == "karras":
-                        pictures[problem.name]["runs"][f"{method.label}|{budget}"] = \
-                            out[: config.pictures].cpu().numpy().tolist()
-                else:
-                    rec.update(nfe=plan.nfe)
-                if problem.kind == "gaussian":
-                    mean, cov = metrics.affine_output_moments(
-                        lambda x, noise: run_method(method, problem.denoiser, x, plan.grid, budget=budget,
-                                                    noise_sampler=noise),
-                        problem.dim, problem.sigma_max,
-                        plan.noise_mixing(method.noise) if method.kind == "sde" else None, device=device)
-                    t_mean, t_cov = problem.target_gaussian()
-                    rec.update(w2=metrics.gaussian_w2(mean, cov, t_mean, t_cov),
-                               kl=metrics.gaussian_kl(mean, cov, t_mean, t_cov))
-                elif problem.kind == "mixture" and (method.kind == "sde" or (
-                        config.dist_for_ode and (config.sde_schedules is None or schedule in config.sde_schedules))):
-                    # a Brownian tree per sample is slow; its law is that of correlated Gaussian draws
-                    mixing = plan.noise_mixing(method.noise) if method.noise == "brownian" else None
-                    samples = generate(problem, method, plan.grid, dist_seeds, budget=budget, batch=config.batch * 4,
-                                       device=device, noise_mixing=mixing)
-                    dist = _dist_metrics(problem, samples)
-                    rec.update(dist, excess_nll=dist["nll"] - meta["exact_samples"]["nll"])
-                rec["seconds"] = time.perf_counter() - t1
-                records.append(rec)
+                    try:
+                        plan = plan_steps(method, schedule, budget, problem.sigma_min, problem.sigma_max)
+                    except ValueError as exc:  # a schedule that cannot make this many steps
+                        log(f"  skipped {method.label} / {schedule} / {budget}: {exc}")
+                        continue
+                    if plan is None:
+                        continue
+                    rec = dict(problem=problem.name, impl=method.impl, solver=method.solver, label=method.label,
+                               kind=method.kind, schedule=schedule, nfe_budget=budget, steps=plan.steps)
+                    t1 = time.perf_counter()
+                    if method.kind == "ode":
+                        model = CountingModel(problem.denoiser, x_T.shape[0])
+                        out = run_method(method, model, x_T.clone(), plan.grid, budget=budget)
+                        err = metrics.rmse(out, reference)
+                        rec.update(nfe=model.nfe, rmse=err, rel_rmse=err / problem.data_std,
+                                   rel_median=metrics.median_sample_error(out, reference) / problem.data_std)
+                        if problem.name in pictures and method.impl == "ksampling" and method.solver in PICTURE_SOLVERS \
+                                and schedule == "karras":
+                            pictures[problem.name]["runs"][f"{method.label}|{budget}"] = \
+                                out[: config.pictures].cpu().numpy().tolist()
+                    else:
+                        rec.update(nfe=plan.nfe)
+                    if problem.kind == "gaussian":
+                        mean, cov = metrics.affine_output_moments(
+                            lambda x, noise: run_method(method, problem.denoiser, x, plan.grid, budget=budget,
+                                                        noise_sampler=noise),
+                            problem.dim, problem.sigma_max,
+                            plan.noise_mixing(method.noise) if method.kind == "sde" else None, device=device)
+                        t_mean, t_cov = problem.target_gaussian()
+                        rec.update(w2=metrics.gaussian_w2(mean, cov, t_mean, t_cov),
+                                   kl=metrics.gaussian_kl(mean, cov, t_mean, t_cov))
+                    elif problem.kind == "mixture" and (method.kind == "sde" or (
+                            config.dist_for_ode and (config.sde_schedules is None or schedule in config.sde_schedules))):
+                        # a Brownian tree per sample is slow; its law is that of correlated Gaussian draws
+                        mixing = plan.noise_mixing(method.noise) if method.noise == "brownian" else None
+                        samples = generate(problem, method, plan.grid, dist_seeds, budget=budget, batch=config.batch * 4,
+                                           device=device, noise_mixing=mixing)
+                        dist = _dist_metrics(problem, samples)
+                        rec.update(dist, excess_nll=dist["nll"] - meta["exact_samples"]["nll"])
+                    rec["seconds"] = time.perf_counter() - t1
+                    records.append(rec)
+                except Exception as exc:  # one failing solver must not sink the whole run
+                    failures.append(f"{problem.name} / {method.label} / {schedule} / {budget}: "
+                                    f"{type(exc).__name__}: {exc}")
+                    log(f"  FAILED {failures[-1]}")
+                    records.append(dict(problem=problem.name, impl=method.impl, solver=method.solver,
+                                        label=method.label, kind=method.kind, schedule=schedule,
+                                        nfe_budget=budget, error=f"{type(exc).__name__}: {exc}"))
         bar.close()
 
     env = environment(str(device))
     env["seconds"] = time.perf_counter() - started
+    env["failures"] = failures
     return {"meta": {**env, "config": asdict(config)}, "problems": problem_meta, "records": records,
             "pictures": pictures}
 

@@ -49,7 +49,8 @@ def test_quick_smoke(tmp_path):
     assert rows and all(len(r) == 4 for r in rows)  # label, NFE 4, NFE 8, order
     data = json.loads(out.read_text())
     assert data["meta"]["torch"] == torch.__version__ and data["meta"]["ksampling"] == ksampling.__version__
-    assert data["meta"]["device"] == "cpu"
+    assert data["meta"]["device"] == "cpu" and data["meta"]["failures"] == []
+    assert "FAILED" not in proc.stdout + proc.stderr
     recs = data["records"]
     assert {r["solver"] for r in recs} >= {"euler", "heun", "dpmpp_2m", "euler_ancestral"}
     assert {r["impl"] for r in recs} == {"ksampling", "k-diffusion"}
@@ -215,3 +216,26 @@ def test_bad_arguments_are_named():
         main(["--solvers", "nope"])
     with pytest.raises(ValueError, match="unknown problem"):
         problems.get_problem("nope")
+
+
+def test_a_failing_solver_is_recorded_not_fatal(monkeypatch):
+    real = suite.run_method
+
+    def flaky(method, *args, **kwargs):
+        if method.solver == "heun" and method.impl == "ksampling" and args[0].__class__ is suite.CountingModel \
+                and args[0].batch > 1:
+            raise RuntimeError("boom")
+        return real(method, *args, **kwargs)
+
+    monkeypatch.setattr(suite, "run_method", flaky)
+    config = suite.Config(problems=["gmm-2d"], solvers=["euler", "heun"], schedules=["karras"], nfe=[4],
+                          batch=4, kdiff=False, progress=False)
+    logged = []
+    results = suite.run_suite(config, log=logged.append)
+    failed = [r for r in results["records"] if "error" in r]
+    assert [r["label"] for r in failed] == ["heun"] and "boom" in failed[0]["error"]
+    assert any(r["label"] == "euler" and r["rel_rmse"] > 0 for r in results["records"])
+    assert results["meta"]["failures"] and "FAILED" in logged[0]
+    from benchmarks import report
+
+    assert "runs FAILED" in report.text_report(results)
