@@ -14,6 +14,7 @@ import importlib.util
 import inspect
 import os
 import pkgutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +55,8 @@ def test_the_issue_2_page_exists_and_runs_code():
     parsed = docs_runner.parse(page)
     assert len([block for block in parsed.code if not block.skip]) >= 3
     assert not docs_runner.missing_requirements(parsed), "the page must run, not wait"
+    nav_pages = re.findall(r"^\s*-[^\n]*?([\w/-]+\.md)\s*$", (ROOT / "mkdocs.yml").read_text(encoding="utf-8"), re.M)
+    assert nav_pages[:2] == ["index.md", "concepts/parameterisations.md"], "the docs start with this page"
 
 
 # -- the runner itself: it must catch a wrong page ----------------------------------------------
