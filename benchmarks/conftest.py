@@ -195,7 +195,7 @@ def _fmt(v, digits=1):
 
 def build_floors(rows: list[dict]) -> dict:
     """batch label -> {op: µs}: the cost of one noise draw, one elementwise op and one
-    aminmax at that batch (``test_cost_floor``)."""
+    sum (the finiteness check) at that batch (``test_cost_floor``)."""
     floors: dict = {}
     for r in rows:
         if r["comparison"] == "floor":
@@ -233,8 +233,8 @@ def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -
     for batch, ops in sorted((floors or {}).items(), key=lambda kv: _batch_order(kv[0])):
         lines.append(
             f"Cost floors at {meta['batches'].get(batch, batch)}: one N(0, I) draw {_fmt(ops.get('randn'))} µs, "
-            f"one elementwise multiply {_fmt(ops.get('multiply'))} µs, one aminmax (the finiteness check) "
-            f"{_fmt(ops.get('aminmax'))} µs."
+            f"one elementwise multiply {_fmt(ops.get('multiply'))} µs, one sum (the finiteness check) "
+            f"{_fmt(ops.get('sum'))} µs."
         )
     short = [e for e in table if any(k.endswith("_run2_us") for k in e)]
     if short:
