@@ -2,9 +2,9 @@
 
 k-diffusion's package ``__init__`` imports torchvision, clip and clean-fid, none of which a
 CPU-only install has; its ``sampling.py`` needs only torch, scipy, torchsde, torchdiffeq,
-tqdm and one helper, ``utils.append_dims``. :func:`load` registers a stand-in package under
-a private name whose ``utils`` holds that helper and loads ``sampling.py`` from the installed
-files (the same idea as ``tests/reference.py``; nothing public in ``sys.modules`` changes).
+tqdm and one helper, ``utils.append_dims``. :func:`load_reference` registers a stand-in
+package under a private name whose ``utils`` holds that helper and loads ``sampling.py`` and
+``external.py`` from the installed files (nothing public in ``sys.modules`` changes).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
-__all__ = ["load", "available", "KDIFF_SAMPLERS", "KDIFF_SDE"]
+__all__ = ["load", "load_reference", "available", "KDIFF_SAMPLERS", "KDIFF_SDE"]
 
 _PACKAGE = "_ksampling_benchmarks_k_diffusion"
 
@@ -36,9 +36,11 @@ def _append_dims(x, target_dims):
 
 
 @lru_cache(maxsize=None)
-def load():
-    """k-diffusion's ``sampling`` module, or ``None`` when k-diffusion or one of the
-    packages its ``sampling.py`` imports (scipy, torchsde, torchdiffeq) is missing."""
+def load_reference() -> types.SimpleNamespace | None:
+    """k-diffusion's ``sampling`` and ``external`` modules as a namespace, or ``None`` when
+    k-diffusion or one of the packages its ``sampling.py`` imports (scipy, torchsde,
+    torchdiffeq) is missing. The one loader of the repository: the tests and the speed suite
+    use it too (through ``tests/reference.py``)."""
     spec = importlib.util.find_spec("k_diffusion")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -50,17 +52,26 @@ def load():
     package.utils = utils
     sys.modules[_PACKAGE] = package
     sys.modules[f"{_PACKAGE}.utils"] = utils
-    full = f"{_PACKAGE}.sampling"
-    module_spec = importlib.util.spec_from_file_location(full, root / "sampling.py")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[full] = module
-    try:
-        module_spec.loader.exec_module(module)
-    except ImportError:
-        del sys.modules[full]
-        return None
-    package.sampling = module
-    return module
+    modules = {}
+    for name in ("sampling", "external"):
+        full = f"{_PACKAGE}.{name}"
+        module_spec = importlib.util.spec_from_file_location(full, root / f"{name}.py")
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[full] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except ImportError:
+            del sys.modules[full]
+            return None
+        setattr(package, name, module)
+        modules[name] = module
+    return types.SimpleNamespace(**modules)
+
+
+def load():
+    """k-diffusion's ``sampling`` module, or ``None`` (see :func:`load_reference`)."""
+    reference = load_reference()
+    return None if reference is None else reference.sampling
 
 
 def available() -> bool:
