@@ -300,6 +300,18 @@ def test_bad_options(solver, options, error, words):
         ksampling.sample(_ident, GOOD_X, GOOD_SIGMAS, solver, **options)
 
 
+def test_solver_may_be_a_class_or_a_configured_instance():
+    from ksampling.samplers.ancestral import EulerAncestral
+
+    noise = lambda: TableNoise(GOOD_X.shape, 2)  # noqa: E731
+    by_name = ksampling.sample(SmoothToy(), GOOD_X * 10, GOOD_SIGMAS, "euler_ancestral", eta=0.5, noise_sampler=noise())
+    by_class = ksampling.sample(SmoothToy(), GOOD_X * 10, GOOD_SIGMAS, EulerAncestral, eta=0.5, noise_sampler=noise())
+    by_instance = ksampling.sample(SmoothToy(), GOOD_X * 10, GOOD_SIGMAS, EulerAncestral(eta=0.5), noise_sampler=noise())
+    assert torch.equal(by_name, by_class) and torch.equal(by_name, by_instance)
+    with pytest.raises(TypeError, match="options cannot be given with a Solver instance"):
+        ksampling.sample(SmoothToy(), GOOD_X, GOOD_SIGMAS, EulerAncestral(), eta=0.5)
+
+
 def test_bad_loop_arguments():
     with pytest.raises(ValueError, match="final_step"):
         ksampling.sample(_ident, GOOD_X, GOOD_SIGMAS, final_step="last")
