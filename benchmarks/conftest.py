@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pytest
 
+from .speed_gpu import cpu_name  # one definition, shared with the GPU script
+
 SUITE = "ksampling-speed"
 
 try:
@@ -261,18 +263,6 @@ def _median(values):
     v = sorted(values)
     n = len(v)
     return v[n // 2] if n % 2 else (v[n // 2 - 1] + v[n // 2]) / 2
-
-
-def cpu_name() -> str:
-    """The CPU's model name (Linux), else what platform knows."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _meta(config, rows) -> dict:

@@ -223,6 +223,7 @@ def run(args) -> dict | None:
 
 
 def cpu_name() -> str:
+    """The CPU's model name (Linux), else what platform knows."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
