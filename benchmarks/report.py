@@ -296,6 +296,14 @@ def _nfe_axis(ax, budgets):
     ax.xaxis.set_minor_formatter(NullFormatter())
 
 
+def _save(plt, fig, path: Path, dpi: int) -> Path:
+    """Lay out, write and close one figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def make_plots(results, out_dir) -> list[Path]:
     """Write the PNG plots of a run into ``out_dir``; returns their paths."""
     plt = _plt()
@@ -327,11 +335,7 @@ def make_plots(results, out_dir) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
         fig.suptitle(f"ODE solvers on the {schedule} schedule: error at sigma_min against NFE")
-        fig.tight_layout()
-        path = out_dir / f"error_vs_nfe_{schedule}.png"
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out_dir / f"error_vs_nfe_{schedule}.png", dpi=80))
 
     if ode_problems:
         fig, axes = _grid_axes(len(ode_problems))
@@ -353,11 +357,7 @@ def make_plots(results, out_dir) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
             ax.legend(fontsize=8)
         fig.suptitle("Best error per NFE budget: ksampling against k-diffusion")
-        fig.tight_layout()
-        path = out_dir / "best_vs_kdiffusion.png"
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out_dir / "best_vs_kdiffusion.png", dpi=80))
 
     for metric, ylabel, yscale in (("w2", "W2 to the true law", "log"),
                                    ("excess_nll", "NLL - NLL(exact samples), symlog", "symlog")):
@@ -383,11 +383,7 @@ def make_plots(results, out_dir) -> list[Path]:
             ax.grid(True, which="both", alpha=0.3)
         fig.legend(handles.values(), handles.keys(), loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=7)
         fig.suptitle(f"SDE solvers on the {schedule} schedule")
-        fig.tight_layout()
-        path = out_dir / f"sde_{metric}.png"
-        fig.savefig(path, dpi=80, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out_dir / f"sde_{metric}.png", dpi=80))
 
     for problem, pics in results.get("pictures", {}).items():
         if not pics.get("runs"):
@@ -430,11 +426,7 @@ def make_plots(results, out_dir) -> list[Path]:
             if i == 0:
                 ax.set_title("exact ODE", fontsize=8)
         fig.suptitle(f"{problem}: 8 samples from the same initial noises, Karras grid", fontsize=9)
-        fig.tight_layout()
-        path = out_dir / f"samples_{problem}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        written.append(path)
+        written.append(_save(plt, fig, out_dir / f"samples_{problem}.png", dpi=110))
     return written
 
 
