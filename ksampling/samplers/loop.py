@@ -142,6 +142,13 @@ class Context:
             raise ValueError(f"noise_sampler returned shape {tuple(n.shape)}, expected {tuple(self.shape)}")
         return n if n.dtype == self.dtype else n.to(self.dtype)
 
+    def add_noise(self, x: torch.Tensor, std: float, sigma: float, sigma_next: float) -> torch.Tensor:
+        """x + std · n with n ~ N(0, I) drawn for the step sigma -> sigma_next.
+
+        The one place where a solver adds noise; ``std`` is a host-side float (no sync).
+        """
+        return torch.add(x, self.noise(sigma, sigma_next), alpha=std)
+
     def _call(self, x, sigma, with_variance):
         sigma_batch = x.new_full((self.batch,), sigma)
         variance = None
