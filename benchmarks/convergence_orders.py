@@ -134,8 +134,13 @@ def karras_grid(n: int, sigma_max: float = SIGMA_MAX, sigma_min: float = SIGMA_M
 
 
 def ode_solvers() -> list[str]:
-    """Every registered fixed-grid ODE solver."""
-    return [name for name in available() if info(name)["kind"] == "ode" and info(name)["fixed_grid"]]
+    """Every registered fixed-grid ODE solver (CFG++ solvers need a guided model and have no
+    step-count-independent limit: see :mod:`ksampling.samplers.cfg_pp`)."""
+    return [
+        name
+        for name in available()
+        if info(name)["kind"] == "ode" and info(name)["fixed_grid"] and not info(name)["needs_uncond"]
+    ]
 
 
 def measurement_options(name: str) -> dict:

@@ -59,6 +59,11 @@ class SmoothToy:
         s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
         return torch.tanh(x / (1 + s)) * (1 / (1 + 0.1 * s))
 
+    def denoise_with_uncond(self, x, sigma):
+        """(D, a second smooth function as the unconditional D_∅), for the CFG++ solvers."""
+        s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return self(x, sigma), torch.tanh(0.8 * x / (1 + s))
+
 
 def karras_grid(n, sigma_min=0.002, sigma_max=80.0, rho=7.0, append_zero=True):
     ramp = [i / max(n - 1, 1) for i in range(n)]

@@ -100,7 +100,14 @@ class ClassifierFreeGuidance(Denoiser):
         """``(guided D, the conditional half's LearnedVariance or None)``."""
         return self._guided(x, sigma, extra_args, with_variance=True)
 
-    def _guided(self, x, sigma, extra_args, with_variance):
+    def denoise_with_uncond(self, x: torch.Tensor, sigma, **extra_args):
+        """``(guided D, unconditional D_∅)`` from one batched call, what the CFG++ solvers
+        need (Chung et al. 2024). Both halves are evaluated even at ``scale = 1``; for CFG++
+        ``scale`` is its λ, typically in (0, 1]."""
+        guided, _, uncond = self._guided(x, sigma, extra_args, with_variance=False, with_uncond=True)
+        return guided, uncond
+
+    def _guided(self, x, sigma, extra_args, with_variance, with_uncond=False):
         sigma = _sigma_batch(sigma, x)
         if self.cond_key not in extra_args:
             raise TypeError(f"classifier-free guidance needs the conditioning as extra_args[{self.cond_key!r}]")
@@ -116,7 +123,7 @@ class ClassifierFreeGuidance(Denoiser):
                 return self.denoiser.denoise_with_variance(x_in, sigma_in, **kwargs)
             return self.denoiser(x_in, sigma_in, **kwargs), None
 
-        if self.scale == 1.0 and self.sigma_interval is None:
+        if self.scale == 1.0 and self.sigma_interval is None and not with_uncond:
             return call(x, sigma, cond)
 
         batch = x.shape[0]
@@ -131,7 +138,8 @@ class ClassifierFreeGuidance(Denoiser):
             inside = (sigma >= lo) & (sigma <= hi)
             scaled = torch.full_like(sigma, self.scale, dtype=x.dtype)
             weight = _dims(torch.where(inside, scaled, torch.ones_like(scaled)), x.ndim)
-        return denoised_uncond + weight * (denoised_cond - denoised_uncond), variance
+        guided = denoised_uncond + weight * (denoised_cond - denoised_uncond)
+        return (guided, variance, denoised_uncond) if with_uncond else (guided, variance)
 
     def extra_repr(self) -> str:
         return f"scale={self.scale:g}, sigma_interval={self.sigma_interval}, cond_key={self.cond_key!r}"

@@ -47,6 +47,8 @@ class Solver:
     ``multistep``   whether the solver reuses model outputs of earlier steps
     ``fixed_grid``  ``False`` for adaptive solvers that choose their own steps
     ``paper``       the reference
+    ``needs_uncond`` whether it needs the unconditional output too (CFG++ solvers: the model
+                    must have ``denoise_with_uncond``, as the guidance wrapper has)
     """
 
     name: ClassVar[str] = ""
@@ -56,6 +58,7 @@ class Solver:
     multistep: ClassVar[bool] = False
     fixed_grid: ClassVar[bool] = True
     paper: ClassVar[str] = ""
+    needs_uncond: ClassVar[bool] = False
     #: "gaussian" draws i.i.d. noise from the run's generator(s); "brownian" makes SDE
     #: solvers use a Brownian-tree noise sampler seeded from the generator(s), so that
     #: results are consistent across step counts (k-diffusion's default for its SDE solvers).
@@ -121,6 +124,7 @@ class Solver:
             multistep=cls.multistep,
             fixed_grid=cls.fixed_grid,
             paper=cls.paper,
+            needs_uncond=cls.needs_uncond,
             options={
                 p.name: p.default
                 for p in inspect.signature(cls.__init__).parameters.values()

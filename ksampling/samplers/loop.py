@@ -134,6 +134,18 @@ class Context:
         has one (improved-DDPM networks wrapped by :mod:`ksampling.denoisers`)."""
         return self._call(x, sigma, with_variance=True)
 
+    def denoise_with_uncond(self, x: torch.Tensor, sigma: float):
+        """(D, D_∅): the guided and the unconditional denoised output of one model call
+        (one NFE; checks and callback as :meth:`denoise`, the callback gets the guided D).
+        Uses ``model.denoise_with_uncond``, which
+        :class:`~ksampling.denoisers.ClassifierFreeGuidance` provides (CFG++ solvers)."""
+        if not hasattr(self.model, "denoise_with_uncond"):
+            raise TypeError(
+                "CFG++ solvers need a guidance-wrapped model with a denoise_with_uncond(x, sigma, **extra_args) "
+                "method returning (guided, unconditional), e.g. ksampling.denoisers.ClassifierFreeGuidance"
+            )
+        return self._call(x, sigma, with_variance=False, with_uncond=True)
+
     def noise(self, sigma: float, sigma_next: float) -> torch.Tensor:
         """Standard normal noise like ``x`` for the step sigma -> sigma_next."""
         self.noise_draws += 1
@@ -149,14 +161,33 @@ class Context:
         """
         return torch.add(x, self.noise(sigma, sigma_next), alpha=std)
 
-    def _call(self, x, sigma, with_variance):
+    def _call(self, x, sigma, with_variance, with_uncond=False):
         sigma_batch = x.new_full((self.batch,), sigma)
-        variance = None
-        if with_variance and hasattr(self.model, "denoise_with_variance"):
+        variance = uncond = None
+        if with_uncond:
+            out, uncond = self.model.denoise_with_uncond(x, sigma_batch, **self.extra_args)
+            uncond = self._checked(uncond, sigma)
+        elif with_variance and hasattr(self.model, "denoise_with_variance"):
             out, variance = self.model.denoise_with_variance(x, sigma_batch, **self.extra_args)
         else:
             out = self.model(x, sigma_batch, **self.extra_args)
         self.nfe += 1
+        out = self._checked(out, sigma)
+        step = self._step
+        if self._callback_due:
+            self._callback_due = False
+            # Adaptive and off-grid solvers (dpm_fast, dpm_adaptive) step between sigmas of
+            # their own; their Steps say so with on_grid=False.
+            on_grid = getattr(step, "on_grid", True)
+            sigma_t = self.sigmas[step.index] if on_grid else self.sigmas.new_full((), step.sigma)
+            sigma_hat = sigma_t if sigma == step.sigma else self.sigmas.new_full((), sigma)
+            self.callback({"x": x, "i": step.index, "sigma": sigma_t, "sigma_hat": sigma_hat, "denoised": out})
+        if with_uncond:
+            return out, uncond
+        return (out, variance) if with_variance else out
+
+    def _checked(self, out, sigma):
+        """A model output checked for type and shape, cast to x's dtype, its checksum kept."""
         step = self._step
         if not isinstance(out, torch.Tensor):
             raise TypeError(
@@ -173,15 +204,7 @@ class Context:
         if self.check_finite:
             self._checksums.append(out.sum(dtype=self._checksum_dtype))
             self._checksum_where.append((step.index if step is not None else -1, sigma))
-        if self._callback_due:
-            self._callback_due = False
-            # Adaptive and off-grid solvers (dpm_fast, dpm_adaptive) step between sigmas of
-            # their own; their Steps say so with on_grid=False.
-            on_grid = getattr(step, "on_grid", True)
-            sigma_t = self.sigmas[step.index] if on_grid else self.sigmas.new_full((), step.sigma)
-            sigma_hat = sigma_t if sigma == step.sigma else self.sigmas.new_full((), sigma)
-            self.callback({"x": x, "i": step.index, "sigma": sigma_t, "sigma_hat": sigma_hat, "denoised": out})
-        return (out, variance) if with_variance else out
+        return out
 
     def raise_if_not_finite(self, x: torch.Tensor) -> None:
         """The one host sync of a run: report the first non-finite model output, if any."""
