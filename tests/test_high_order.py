@@ -166,11 +166,12 @@ def test_dpmpp_3m_official_coefficients_is_k_diffusion_dpmpp_3m_sde_at_eta_0(gri
 
 
 @pytest.mark.parametrize("grid", list(GRIDS))
-def test_ipndm_v_is_k_diffusion_lms(grid):
+def test_lms_is_k_diffusion_lms(grid):
+    # (ipndm_v is the published variable-step iPNDM since issue 11: tests/test_new_methods.py)
     K = k_diffusion()
     sigmas, x = GRIDS[grid](), start()
     ref = K.sampling.sample_lms(toy, x.clone(), sigmas, order=4, disable=True)
-    ours = ksampling.sample(toy, x.clone(), sigmas, "ipndm_v", max_order=4)
+    ours = ksampling.sample(toy, x.clone(), sigmas, "lms", order=4)
     torch.testing.assert_close(ours, ref, rtol=1e-9, atol=1e-10)
 
 

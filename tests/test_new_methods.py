@@ -304,3 +304,148 @@ def test_res_multistep_is_comfyui_res_multistep():
     torch.testing.assert_close(ours, comfy_res_multistep(toy, x.clone(), sigmas, {}, None), **PARITY)
     eta0 = ksampling.sample(toy, x.clone(), sigmas, "res_multistep_ancestral", eta=0.0)
     torch.testing.assert_close(eta0, ours, rtol=1e-14, atol=1e-14)
+
+
+# -- ipndm_v: the published variable-step iPNDM ---------------------------------------------------
+def comfy_ipndm_v(model, x, sigmas, max_order=4):
+    t = sigmas.tolist()
+    buffer = []
+    for i in range(len(t) - 1):
+        denoised = model(x, torch.full((x.shape[0],), t[i], dtype=F64))
+        d = (x - denoised) / t[i]
+        order = min(max_order, i + 1)
+        h = t[i + 1] - t[i]
+        if t[i + 1] == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x + h * d
+        else:
+            h1 = t[i] - t[i - 1]
+            c1, c2 = (2 + h / h1) / 2, -(h / h1) / 2
+            c3 = c4 = 0.0
+            if order >= 3:
+                h2 = t[i - 1] - t[i - 2]
+                temp1 = (1 - h / (3 * (h + h1)) * (h * (h + h1)) / (h1 * (h1 + h2))) / 2
+                c1, c2, c3 = c1 + temp1, c2 - (1 + h1 / h2) * temp1, temp1 * h1 / h2
+            if order == 4:
+                h3 = t[i - 2] - t[i - 3]
+                temp2 = ((1 - h / (3 * (h + h1))) / 2 + (1 - h / (2 * (h + h1))) * h / (6 * (h + h1 + h2))) * (
+                    h * (h + h1) * (h + h1 + h2)) / (h1 * (h1 + h2) * (h1 + h2 + h3))
+                q = h1 * (h1 + h2) / (h2 * (h2 + h3))
+                c1 += temp2
+                c2 -= (1 + h1 / h2 + q) * temp2
+                c3 += (h1 / h2 + q * (1 + h2 / h3)) * temp2
+                c4 = -temp2 * q * h1 / h2
+            x_next = x + h * (c1 * d + c2 * buffer[-1] + (c3 * buffer[-2] if c3 else 0) + (c4 * buffer[-3] if c4 else 0))
+        buffer = (buffer + [d])[-(max_order - 1):] if max_order > 1 else []
+        x = x_next
+    return x
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("max_order", [4, 3, 2])
+def test_ipndm_v_matches_comfyui(grid, max_order):
+    sigmas, x = GRIDS[grid](), start()
+    ours = ksampling.sample(toy, x.clone(), sigmas, "ipndm_v", max_order=max_order)
+    torch.testing.assert_close(ours, comfy_ipndm_v(toy, x.clone(), sigmas, max_order), **PARITY)
+
+
+def test_ipndm_v_is_not_lms_and_ipndm_v_2_is_exact_adams_bashforth_2():
+    sigmas, x = karras_grid(10, 0.03, 14.6), start()
+    ipndm_v = ksampling.sample(toy, x.clone(), sigmas, "ipndm_v")
+    lms = ksampling.sample(toy, x.clone(), sigmas, "lms")
+    assert (ipndm_v - lms).abs().max() > 1e-3
+    # order 2 is the exact variable-step AB2 (lms order 2) up to the last step, which denoises
+    no_zero = karras_grid(10, 0.03, 14.6, append_zero=False)
+    torch.testing.assert_close(ksampling.sample(toy, x.clone(), no_zero, "ipndm_v", max_order=2),
+                               ksampling.sample(toy, x.clone(), no_zero, "lms", order=2), rtol=1e-10, atol=1e-10)
+
+
+def test_ipndm_v_measured_order():
+    """On Gaussian data from σ = 80 to 1e-3 (Karras grid, N = 1024 … 4096, where both are
+    asymptotic): order 2 for the published fourth-order form, order 3 for max_order = 3
+    (2.64 over N = 64 … 256, still pre-asymptotic there)."""
+    from benchmarks import convergence_orders as co
+
+    problem = co.gaussian_problem()
+    steps = (1024, 2048, 4096)
+    order4 = co.fitted_order(steps, co.errors_for("ipndm_v", problem, steps))
+    order3 = co.fitted_order(steps, co.errors_for("ipndm_v", problem, steps, max_order=3))
+    assert abs(order4 - 2) < 0.15, order4
+    assert abs(order3 - 3) < 0.15, order3
+
+
+# -- heunpp2 -------------------------------------------------------------------------------------
+def comfy_heunpp2(model, x, sigmas, noise, s_churn=0.0, s_tmin=0.0, s_tmax=math.inf, s_noise=1.0):
+    sig = sigmas.tolist()
+    s_end = sig[-1]
+    d_of = lambda x, s: (x - model(x, torch.full((x.shape[0],), s, dtype=F64))) / s  # noqa: E731
+    for i in range(len(sig) - 1):
+        gamma = min(s_churn / (len(sig) - 1), 2**0.5 - 1) if s_tmin <= sig[i] <= s_tmax else 0.0
+        sigma_hat = sig[i] * (gamma + 1)
+        if gamma > 0:
+            x = x + noise(sig[i], sig[i + 1]) * s_noise * (sigma_hat**2 - sig[i] ** 2) ** 0.5
+        d = d_of(x, sigma_hat)
+        dt = sig[i + 1] - sigma_hat
+        if sig[i + 1] == s_end:
+            x = x + d * dt
+        elif sig[i + 2] == s_end:
+            x_2 = x + d * dt
+            d_2 = d_of(x_2, sig[i + 1])
+            w2 = sig[i + 1] / (2 * sig[0])
+            x = x + (d * (1 - w2) + d_2 * w2) * dt
+        else:
+            x_2 = x + d * dt
+            d_2 = d_of(x_2, sig[i + 1])
+            x_3 = x_2 + d_2 * (sig[i + 2] - sig[i + 1])
+            d_3 = d_of(x_3, sig[i + 2])
+            w2, w3 = sig[i + 1] / (3 * sig[0]), sig[i + 2] / (3 * sig[0])
+            x = x + ((1 - w2 - w3) * d + w2 * d_2 + w3 * d_3) * dt
+    return x
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("options", [{}, dict(s_churn=2.0, s_tmin=0.1, s_tmax=8.0, s_noise=1.01)])
+def test_heunpp2_matches_comfyui(grid, options):
+    sigmas, x = GRIDS[grid](), start()
+    ours, info = ksampling.sample(toy, x.clone(), sigmas, "heunpp2", noise_sampler=ListNoise(x.shape),
+                                  return_info=True, **options)
+    torch.testing.assert_close(ours, comfy_heunpp2(toy, x.clone(), sigmas, ListNoise(x.shape), **options), **PARITY)
+    n = len(sigmas) - 1
+    assert info.nfe == 3 * (n - 2) + 2 + 1
+
+
+# -- lcm -----------------------------------------------------------------------------------------
+def comfy_lcm(model, x, sigmas, noise, s_noise=1.0, s_noise_end=None, noise_clip_std=0.0):
+    sig = sigmas.tolist()
+    n_steps = max(1, len(sig) - 1)
+    s_end = s_noise if s_noise_end is None else s_noise_end
+    for i in range(n_steps):
+        x = model(x, torch.full((x.shape[0],), sig[i], dtype=F64))
+        if sig[i + 1] > 0:
+            z = noise(sig[i], sig[i + 1])
+            if noise_clip_std > 0:
+                clip = noise_clip_std * z.std()
+                z = z.clamp(min=-clip, max=clip)
+            t = i / (n_steps - 1) if n_steps > 1 else 0.0
+            s_i = s_noise + (s_end - s_noise) * t
+            if s_i != 1.0:
+                z = z * s_i
+            x = x + z * sig[i + 1]
+    return x
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize("options", [{}, dict(s_noise=1.2, s_noise_end=0.5, noise_clip_std=1.0)])
+def test_lcm_matches_comfyui(grid, options):
+    sigmas, x = GRIDS[grid](), start()
+    ours = ksampling.sample(toy, x.clone(), sigmas, "lcm", noise_sampler=ListNoise(x.shape), **options)
+    torch.testing.assert_close(ours, comfy_lcm(toy, x.clone(), sigmas, ListNoise(x.shape), **options), **PARITY)
+
+
+def test_lcm_one_step_on_a_single_data_point_is_exact():
+    # data = one point μ: D ≡ μ, so every lcm step lands on μ plus the next level's noise
+    mu = torch.tensor([0.3, -1.2, 2.0], dtype=F64)
+    model = lambda x, sigma: mu.expand_as(x)  # noqa: E731
+    out = ksampling.sample(model, start(), karras_grid(4, 0.1, 10.0), "lcm", generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(out, mu.expand(2, 3), rtol=0, atol=0)
