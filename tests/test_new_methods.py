@@ -449,3 +449,211 @@ def test_lcm_one_step_on_a_single_data_point_is_exact():
     model = lambda x, sigma: mu.expand_as(x)  # noqa: E731
     out = ksampling.sample(model, start(), karras_grid(4, 0.1, 10.0), "lcm", generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(out, mu.expand(2, 3), rtol=0, atol=0)
+
+
+# -- SEEDS ---------------------------------------------------------------------------------------
+def comfy_seeds_2(model, x, sigmas, noise, eta=1.0, s_noise=1.0, r=0.5, solver_type="phi_1"):
+    sig = sigmas.tolist()
+    e1 = math.expm1
+    e2 = lambda z: (math.expm1(z) - z) / z  # noqa: E731
+    inject = eta > 0 and s_noise > 0
+    for i in range(len(sig) - 1):
+        denoised = model(x, torch.full((x.shape[0],), sig[i], dtype=F64))
+        if sig[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = -math.log(sig[i]), -math.log(sig[i + 1])
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        sigma_s_1 = math.exp(-(lambda_s + r * h))
+        x_2 = sigma_s_1 / sig[i] * math.exp(-r * h * eta) * x - e1(-r * h_eta) * denoised
+        if inject:
+            sde_noise = math.sqrt(-math.expm1(-2 * r * h * eta)) * noise(sig[i], sigma_s_1)
+            x_2 = x_2 + sde_noise * sigma_s_1 * s_noise
+        denoised_2 = model(x_2, torch.full((x.shape[0],), sigma_s_1, dtype=F64))
+        if solver_type == "phi_1":
+            denoised_d = torch.lerp(denoised, denoised_2, 1 / (2 * r))
+            x = sig[i + 1] / sig[i] * math.exp(-h * eta) * x - e1(-h_eta) * denoised_d
+        else:
+            b2 = e2(-h_eta) / r
+            b1 = e1(-h_eta) - b2
+            x = sig[i + 1] / sig[i] * math.exp(-h * eta) * x - (b1 * denoised + b2 * denoised_2)
+        if inject:
+            segment = (r - 1) * h * eta
+            sde_noise = sde_noise * math.exp(segment) + math.sqrt(-math.expm1(2 * segment)) * noise(sigma_s_1, sig[i + 1])
+            x = x + sde_noise * sig[i + 1] * s_noise
+    return x
+
+
+def comfy_seeds_3(model, x, sigmas, noise, eta=1.0, s_noise=1.0, r_1=1 / 3, r_2=2 / 3):
+    sig = sigmas.tolist()
+    e1 = math.expm1
+    e2 = lambda z: (math.expm1(z) - z) / z  # noqa: E731
+    at = lambda s: torch.full((x.shape[0],), s, dtype=F64)  # noqa: E731
+    inject = eta > 0 and s_noise > 0
+    for i in range(len(sig) - 1):
+        denoised = model(x, at(sig[i]))
+        if sig[i + 1] == 0:
+            x = denoised
+            continue
+        lambda_s, lambda_t = -math.log(sig[i]), -math.log(sig[i + 1])
+        h = lambda_t - lambda_s
+        h_eta = h * (eta + 1)
+        sigma_1, sigma_2 = math.exp(-(lambda_s + r_1 * h)), math.exp(-(lambda_s + r_2 * h))
+        x_2 = sigma_1 / sig[i] * math.exp(-r_1 * h * eta) * x - e1(-r_1 * h_eta) * denoised
+        if inject:
+            sde_noise = math.sqrt(-math.expm1(-2 * r_1 * h * eta)) * noise(sig[i], sigma_1)
+            x_2 = x_2 + sde_noise * sigma_1 * s_noise
+        denoised_2 = model(x_2, at(sigma_1))
+        a3_2 = r_2 / r_1 * e2(-r_2 * h_eta)
+        a3_1 = e1(-r_2 * h_eta) - a3_2
+        x_3 = sigma_2 / sig[i] * math.exp(-r_2 * h * eta) * x - (a3_1 * denoised + a3_2 * denoised_2)
+        if inject:
+            segment = (r_1 - r_2) * h * eta
+            sde_noise = sde_noise * math.exp(segment) + math.sqrt(-math.expm1(2 * segment)) * noise(sigma_1, sigma_2)
+            x_3 = x_3 + sde_noise * sigma_2 * s_noise
+        denoised_3 = model(x_3, at(sigma_2))
+        b3 = e2(-h_eta) / r_2
+        b1 = e1(-h_eta) - b3
+        x = sig[i + 1] / sig[i] * math.exp(-h * eta) * x - (b1 * denoised + b3 * denoised_3)
+        if inject:
+            segment = (r_2 - 1) * h * eta
+            sde_noise = sde_noise * math.exp(segment) + math.sqrt(-math.expm1(2 * segment)) * noise(sigma_2, sig[i + 1])
+            x = x + sde_noise * sig[i + 1] * s_noise
+    return x
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("seeds_2", {}),
+        ("seeds_2", dict(solver_type="phi_2", eta=0.7, s_noise=0.9)),
+        ("seeds_2", dict(r=1.0, solver_type="phi_2")),
+        ("seeds_2", dict(eta=0.0)),
+        ("seeds_3", {}),
+        ("seeds_3", dict(eta=0.5, r_1=0.25, r_2=0.6)),
+        ("seeds_3", dict(eta=0.0)),
+    ],
+)
+def test_seeds_matches_comfyui(name, options, grid):
+    sigmas, x = GRIDS[grid](), start()
+    ours = ksampling.sample(toy, x.clone(), sigmas, name, noise_sampler=ListNoise(x.shape), **options)
+    reference = comfy_seeds_2 if name == "seeds_2" else comfy_seeds_3
+    torch.testing.assert_close(ours, reference(toy, x.clone(), sigmas, ListNoise(x.shape), **options), **PARITY)
+
+
+def test_seeds_without_noise_are_the_exponential_integrators():
+    sigmas, x = GRIDS["to_zero"](), start()
+    seeds2 = ksampling.sample(toy, x.clone(), sigmas, "seeds_2", eta=0.0)
+    dpmpp_2s = ksampling.sample(toy, x.clone(), sigmas, "dpmpp_2s_ancestral", eta=0.0)
+    torch.testing.assert_close(seeds2, dpmpp_2s, rtol=1e-12, atol=1e-12)
+    seeds3 = ksampling.sample(toy, x.clone(), sigmas, "seeds_3", eta=0.0)
+    dpm3 = ksampling.sample(toy, x.clone(), sigmas, "dpm_solver", order=3)
+    torch.testing.assert_close(seeds3, dpm3, rtol=1e-10, atol=1e-10)
+
+
+# -- SA-Solver -----------------------------------------------------------------------------------
+def comfy_sa_coeffs(sigma_next, curr_lambdas, lambda_s, lambda_t, tau, simple_order_2, corrector):
+    """compute_stochastic_adams_b_coeffs, written out: the recursive integral of λ^p times
+    e^{(1+τ²)(λ−λ_t)}, then the transposed Vandermonde system."""
+    n = len(curr_lambdas)
+    a = 1 + tau**2
+    h = lambda_t - lambda_s
+    alpha_t = sigma_next * math.exp(lambda_t)
+    if simple_order_2 and n == 2:
+        if corrector:
+            b_1 = alpha_t * 0.5 * a * h
+            return [alpha_t * -math.expm1(-h * a) - b_1, b_1]
+        b_2 = alpha_t * 0.5 * a * h**2 / (curr_lambdas[-2] - lambda_s)
+        return [b_2, alpha_t * -math.expm1(-h * a) - b_2]
+    product = torch.tensor([lambda_t**p - lambda_s**p * math.exp(-a * h) for p in range(n)], dtype=F64)
+    matrix = torch.zeros(n, n, dtype=F64)
+    for p in range(n):
+        for q in range(p + 1):
+            matrix[p, q] = math.factorial(p) / math.factorial(q) / a ** (p - q) * (-1) ** (p - q)
+    moments = matrix @ product
+    vander = torch.tensor([[lam**p for lam in curr_lambdas] for p in range(n)], dtype=F64)
+    return (alpha_t * torch.linalg.solve(vander, moments)).tolist()
+
+
+def comfy_sa_solver(model, x, sigmas, noise, eta=1.0, s_noise=1.0, sde_sigma_min=0.5711888666, sde_sigma_max=5.0924075907,
+                    predictor_order=3, corrector_order=4, use_pece=False, simple_order_2=False):
+    sig = sigmas.tolist()
+    lambdas = [-math.log(s) if s > 0 else math.inf for s in sig]
+    tau_func = lambda s: eta if sde_sigma_max >= s >= sde_sigma_min else 0.0  # noqa: E731
+    max_used = max(predictor_order, corrector_order)
+    at = lambda s: torch.full((x.shape[0],), s, dtype=F64)  # noqa: E731
+    x_pred, h, tau_t, sde = x, 0.0, 0.0, 0.0
+    preds = []
+    lower_to_end = sig[-1] == 0
+    for i in range(len(sig) - 1):
+        denoised = model(x_pred, at(sig[i]))
+        preds = (preds + [denoised])[-max_used:]
+        p_used = min(predictor_order, len(preds))
+        c_used = 0 if i == 0 or (sig[i + 1] == 0 and not use_pece) else min(corrector_order, len(preds))
+        if lower_to_end:
+            p_used = min(p_used, len(sig) - 2 - i)
+            c_used = min(c_used, len(sig) - 1 - i)
+        if c_used == 0:
+            x = x_pred
+        else:
+            b = comfy_sa_coeffs(sig[i], lambdas[i - c_used + 1 : i + 1], lambdas[i - 1], lambdas[i], tau_t, simple_order_2, True)
+            x = sig[i] / sig[i - 1] * math.exp(-(tau_t**2) * h) * x + sum(w * d for w, d in zip(b, preds[-c_used:]))
+            if tau_t > 0 and s_noise > 0:
+                x = x + sde
+            if use_pece:
+                denoised = model(x, at(sig[i]))
+                preds[-1] = denoised
+        if sig[i + 1] == 0:
+            x_pred = denoised
+        else:
+            tau_t = tau_func(sig[i + 1])
+            b = comfy_sa_coeffs(sig[i + 1], lambdas[i - p_used + 1 : i + 1], lambdas[i], lambdas[i + 1], tau_t, simple_order_2, False)
+            h = lambdas[i + 1] - lambdas[i]
+            x_pred = sig[i + 1] / sig[i] * math.exp(-(tau_t**2) * h) * x + sum(w * d for w, d in zip(b, preds[-p_used:]))
+            if tau_t > 0 and s_noise > 0:
+                sde = noise(sig[i], sig[i + 1]) * sig[i + 1] * math.sqrt(-math.expm1(-2 * tau_t**2 * h)) * s_noise
+                x_pred = x_pred + sde
+    return x_pred
+
+
+@pytest.mark.parametrize("grid", list(GRIDS))
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("sa_solver", {}),
+        ("sa_solver", dict(eta=0.0)),
+        ("sa_solver", dict(predictor_order=2, corrector_order=2, simple_order_2=True, eta=0.8)),
+        ("sa_solver", dict(predictor_order=4, corrector_order=0, sde_sigma_min=0.1, sde_sigma_max=20.0)),
+        ("sa_solver_pece", {}),
+        ("sa_solver_pece", dict(predictor_order=1, corrector_order=3, s_noise=1.2)),
+    ],
+)
+def test_sa_solver_matches_comfyui(name, options, grid):
+    sigmas, x = GRIDS[grid](), start()
+    ours, info = ksampling.sample(toy, x.clone(), sigmas, name, noise_sampler=ListNoise(x.shape), return_info=True, **options)
+    ref = comfy_sa_solver(toy, x.clone(), sigmas, ListNoise(x.shape), use_pece=name == "sa_solver_pece", **options)
+    torch.testing.assert_close(ours, ref, **PARITY)
+    assert (ours - start()).abs().max() > 1e-3
+
+
+# -- measured orders of the new deterministic methods (Gaussian data, σ 80 → 1e-3, Karras) ------
+@pytest.mark.parametrize(
+    "name, options, order",
+    [
+        ("seeds_2", dict(eta=0.0), 2),
+        ("seeds_2", dict(eta=0.0, solver_type="phi_2", r=1.0), 2),
+        ("seeds_3", dict(eta=0.0), 3),
+        ("sa_solver", dict(eta=0.0), 4),
+        ("sa_solver", dict(eta=0.0, predictor_order=2, corrector_order=2, simple_order_2=True), 2),
+        ("sa_solver_pece", dict(eta=0.0), 4),
+        ("heunpp2", {}, 1),
+        ("res_multistep_ancestral", dict(eta=0.0), 2),
+    ],
+)
+def test_measured_orders_of_the_new_methods(name, options, order):
+    from benchmarks import convergence_orders as co
+
+    measured = co.measure(name, co.gaussian_problem(), **options)
+    assert abs(measured.order - order) <= 0.3, (name, options, measured.order, measured.errors)
