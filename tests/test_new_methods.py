@@ -618,6 +618,17 @@ def comfy_sa_solver(model, x, sigmas, noise, eta=1.0, s_noise=1.0, sde_sigma_min
     return x_pred
 
 
+def test_sa_solver_tau_func_replaces_eta_and_the_interval():
+    sigmas, x = GRIDS["to_zero"](), start()
+    by_tau = ksampling.sample(toy, x.clone(), sigmas, "sa_solver", tau_func=lambda s: 0.7 if 1.0 <= s <= 8.0 else 0.0,
+                              noise_sampler=ListNoise(x.shape))
+    by_interval = ksampling.sample(toy, x.clone(), sigmas, "sa_solver", eta=0.7, sde_sigma_min=1.0, sde_sigma_max=8.0,
+                                   noise_sampler=ListNoise(x.shape))
+    torch.testing.assert_close(by_tau, by_interval, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="tau_func"):
+        ksampling.sample(toy, x.clone(), sigmas, "sa_solver", tau_func=lambda s: -1.0)
+
+
 @pytest.mark.parametrize("grid", list(GRIDS))
 @pytest.mark.parametrize(
     "name, options",

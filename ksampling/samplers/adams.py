@@ -116,6 +116,9 @@ class IPNDMVariable(_AdamsBase):
     1.93, 1.97 between N = 256 … 4096); ``max_order = 3`` converges with order 3 (2.64 over
     N = 64 … 256, 2.97 over 1024 … 4096).
     ``lms`` is the exact variable-step Adams–Bashforth method.
+
+    Parity with a transcription of ComfyUI's ``sample_ipndm_v`` on the same inputs and noise:
+    3e-16 relative (float64, ``tests/test_new_methods.py``).
     """
 
     name = "ipndm_v"

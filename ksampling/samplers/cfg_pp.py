@@ -24,6 +24,9 @@ does); its ``scale`` is CFG++'s λ, typically in (0, 1]. CFG++ at a fixed λ is 
 CFG with a step-dependent scale (for Euler ``ω_i = λ σ_i / (σ_i − σ_{i+1})``), which grows
 with the number of steps: unlike the base solvers it has no step-count-independent limit, so
 it has no convergence order of its own; ``order`` is the base solver's.
+
+Parity with transcriptions of ComfyUI's seven ``sample_*_cfg_pp`` on the same inputs, guided
+model and noise: at most 5e-16 relative (float64, ``tests/test_new_methods.py``).
 """
 
 from __future__ import annotations

@@ -24,6 +24,9 @@ class HeunPP2(_ChurnSolver):
     last step is an Euler step. The weights of the later derivatives shrink with σ, so the
     method is Heun-like at high noise and Euler-like at low noise: first order (measured
     1.0 on Gaussian data). Three model calls per step.
+
+    Parity with a transcription of ComfyUI's ``sample_heunpp2`` on the same inputs and noise:
+    4e-16 relative (float64, ``tests/test_new_methods.py``).
     """
 
     name = "heunpp2"

@@ -20,8 +20,12 @@ class LCM(Solver):
     (``x_next = D`` for σ_next = 0). As ComfyUI's ``sample_lcm``: ``s_noise_end = None`` keeps
     ``s_noise`` constant, and ``noise_clip_std > 0`` clamps z to ± noise_clip_std · std(z),
     the standard deviation of the whole batch's draw (so with clipping a sample depends on its
-    batch, as there). Meant for consistency-distilled models; on other models it is a crude
-    first-order sampler.
+    batch, as there). Meant for consistency-distilled models: every step replaces x by D, so
+    it is no discretisation of the probability-flow ODE and has no convergence order
+    (``order = 1`` is nominal).
+
+    Parity with a transcription of ComfyUI's ``sample_lcm`` on the same inputs and noise:
+    3e-16 relative (float64, ``tests/test_new_methods.py``).
     """
 
     name = "lcm"

@@ -89,7 +89,10 @@ class RESMultistepAncestral(RESMultistep):
     with ``σ_down, σ_up`` of :func:`~ksampling.samplers.common.ancestral_step` and
     ``c = (λ_{i−1} − λ(σ_down,i−1))/h``: the previous model point sits where the previous
     step's deterministic part started, relative to where it ended. ``eta = 0`` is
-    ``res_multistep``.
+    ``res_multistep`` (measured order 2.05 at ``eta = 0``).
+
+    Parity with a transcription of ComfyUI's ``sample_res_multistep_ancestral`` on the same inputs and noise:
+    4e-16 relative (float64, ``tests/test_new_methods.py``).
     """
 
     name = "res_multistep_ancestral"
