@@ -16,6 +16,7 @@ import torch
 
 import ksampling
 from helpers import karras_grid
+from test_high_order import ListNoise, start, toy  # the toy denoiser, start and pre-drawn noise of the solver tests
 from ksampling.denoisers import ClassifierFreeGuidance
 
 F64 = torch.float64
@@ -36,28 +37,6 @@ def guided_model(scale=0.7):
 
 def extra(batch=2):
     return dict(cond=torch.full((batch,), 0.8, dtype=F64), uncond=torch.zeros(batch, dtype=F64))
-
-
-def toy(x, sigma):
-    s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
-    return torch.tanh(x / (1 + s)) * (1 / (1 + 0.1 * s)) + 0.05 * torch.sin(3 * x) / (1 + s)
-
-
-def start(batch=2, dim=3, seed=0, scale=10.0):
-    return torch.randn(batch, dim, dtype=F64, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-class ListNoise:
-    """The same sequence of N(0, I) draws for every sampler given a fresh instance."""
-
-    def __init__(self, shape, seed=5, count=200):
-        generator = torch.Generator().manual_seed(seed)
-        self.draws = [torch.randn(shape, dtype=F64, generator=generator) for _ in range(count)]
-        self.used = 0
-
-    def __call__(self, sigma, sigma_next):
-        self.used += 1
-        return self.draws[self.used - 1]
 
 
 GRIDS = {
@@ -707,7 +686,7 @@ def test_restart_is_the_papers_algorithm_on_gaussian_data():
     noise = ListNoise(x.shape)
     ours, info = ksampling.sample(data, x.clone(), sigmas, "restart", restarts=[(0.3, 3.0, 300, 2)],
                                   noise_sampler=noise, return_info=True)
-    assert noise.used == 2
+    assert noise.i == 2
     exact = data.flow(x, sig[0], sig[j])
     for draw in noise.draws[:2]:
         jumped = exact + math.sqrt(3.0**2 - sig[j] ** 2) * draw
