@@ -333,7 +333,8 @@ def test_a1111_call_site_with_its_patched_torch(funcname, p):
     discarded = 1 if funcname == "sample_dpm_fast" else 0
     assert our_draws == their_draws - discarded and (their_draws > 0) != bool(p.get("brownian_noise"))
     assert our_steps == their_steps
-    assert rel_err(ours, theirs) < RTOL
+    # k-diffusion's dpm_fast builds its λ grid in float32 (the default dtype)
+    assert rel_err(ours, theirs) < (1e-6 if funcname == "sample_dpm_fast" else RTOL)
 
 
 def test_per_image_seeds_do_not_depend_on_the_batch():
