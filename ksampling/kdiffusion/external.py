@@ -130,14 +130,26 @@ class DiscreteSchedule(nn.Module):
         return self._processes[False].t_to_sigma(t.float()).to(self.sigmas.dtype)
 
 
-class DiscreteEpsDDPMDenoiser(DiscreteSchedule):
-    """A discrete-time DDPM network that predicts ε, as D(x; σ) = x − σ ε(x·c_in, t)."""
+class _DiscreteDDPMDenoiser(DiscreteSchedule):
+    """A discrete-time DDPM network (training schedule ``alphas_cumprod``) as D(x; σ): the
+    wrapper's ``_network`` method gives the network's output, of kind ``_prediction``."""
+
+    _network = _prediction = ""
 
     def __init__(self, model, alphas_cumprod, quantize):
         super().__init__(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, quantize)
         self.inner_model = model
         self.sigma_data = 1.0
-        self.__dict__["_denoiser"] = _network_denoiser(self, "get_eps", "eps")
+        self.__dict__["_denoiser"] = _network_denoiser(self, self._network, self._prediction)
+
+    def forward(self, input, sigma, **kwargs):
+        return self._denoiser(input, sigma, **kwargs)
+
+
+class DiscreteEpsDDPMDenoiser(_DiscreteDDPMDenoiser):
+    """A discrete-time DDPM network that predicts ε, as D(x; σ) = x − σ ε(x·c_in, t)."""
+
+    _network, _prediction = "get_eps", "eps"
 
     def get_scalings(self, sigma):
         c_out = -sigma
@@ -153,9 +165,6 @@ class DiscreteEpsDDPMDenoiser(DiscreteSchedule):
         noised = input + noise * append_dims(sigma, input.ndim)
         eps = self.get_eps(noised * c_in, self.sigma_to_t(sigma), **kwargs)
         return (eps - noise).pow(2).flatten(1).mean(1)
-
-    def forward(self, input, sigma, **kwargs):
-        return self._denoiser(input, sigma, **kwargs)
 
 
 class OpenAIDenoiser(DiscreteEpsDDPMDenoiser):
@@ -182,14 +191,10 @@ class CompVisDenoiser(DiscreteEpsDDPMDenoiser):
         return self.inner_model.apply_model(*args, **kwargs)
 
 
-class DiscreteVDDPMDenoiser(DiscreteSchedule):
+class DiscreteVDDPMDenoiser(_DiscreteDDPMDenoiser):
     """A discrete-time DDPM network that predicts v, as D(x; σ) = c_skip x + c_out v(x·c_in, t)."""
 
-    def __init__(self, model, alphas_cumprod, quantize):
-        super().__init__(((1 - alphas_cumprod) / alphas_cumprod) ** 0.5, quantize)
-        self.inner_model = model
-        self.sigma_data = 1.0
-        self.__dict__["_denoiser"] = _network_denoiser(self, "get_v", "v")
+    _network, _prediction = "get_v", "v"
 
     def get_scalings(self, sigma):
         return _v_scalings(sigma, self.sigma_data)
@@ -200,9 +205,6 @@ class DiscreteVDDPMDenoiser(DiscreteSchedule):
     def loss(self, input, noise, sigma, **kwargs):
         """MSE between the network output and the v target."""
         return _v_loss(self, self.get_v, input, noise, sigma, **kwargs)
-
-    def forward(self, input, sigma, **kwargs):
-        return self._denoiser(input, sigma, **kwargs)
 
 
 class CompVisVDenoiser(DiscreteVDDPMDenoiser):
