@@ -405,3 +405,35 @@ def test_get_sigmas_laplace_is_comfyuis():
     ours = KS.get_sigmas_laplace(n, sigma_min, sigma_max, mu=mu, beta=beta)
     assert ours.shape == (n,) and ours.dtype == torch.get_default_dtype()
     torch.testing.assert_close(ours, expected.to(ours.dtype), rtol=1e-6, atol=0)
+
+
+# -- the table's mechanism --------------------------------------------------------------------
+def test_table_maps_comfyui_options_onto_the_solver():
+    model, x, sigmas = ComfyModel(), start(12), grid()
+    # ComfyUI's er_sde noise_scaler is a function of tensors; its default is ksampling's "default"
+    comfy_default_scaler = lambda t: t * ((t**0.3).exp() + 10.0)  # noqa: E731
+    a = KS.sample_er_sde(model, x, sigmas, {"seed": 1}, disable=True, noise_scaler=comfy_default_scaler)
+    b = KS.sample_er_sde(model, x, sigmas, {"seed": 1}, disable=True)
+    assert rel_err(a, b) < 1e-12
+    # deis: max_order is the solver's order, and the polynomial is in σ (variable="rho")
+    ours = KS.sample_deis(model, x, sigmas, disable=True, max_order=2, deis_mode="rhoab")
+    native = ksampling.sample(model, x, sigmas, "deis", order=2, variable="rho")
+    assert torch.equal(ours, native)
+    # ddpm: ComfyUI's step uses the posterior variance
+    noise = comfy_default_noise_sampler(x, 3)
+    assert torch.equal(KS.sample_ddpm(model, x, sigmas, {"seed": 3}, disable=True),
+                       ksampling.sample(model, x, sigmas, "ddpm", variance="small", noise_sampler=noise))
+
+
+def test_table_rejects_what_the_solver_cannot_do():
+    model, x, sigmas = ComfyModel(), start(13), grid()
+    sampler = sampling._make_sampler("toy", sampling.Sampler("euler", (("comfy_only", 1.0),)))
+    assert list(inspect.signature(sampler).parameters)[-1] == "comfy_only"
+    assert torch.equal(sampler(model, x, sigmas, disable=True), KS.sample_euler(model, x, sigmas, disable=True))
+    with pytest.raises(TypeError, match="comfy_only=2.0"):
+        sampler(model, x, sigmas, disable=True, comfy_only=2.0)
+    with pytest.raises(TypeError):
+        sampler(model, x, sigmas, disable=True, not_a_parameter=1)
+    missing = sampling._make_sampler("toy", sampling.Sampler("no_such_solver"))
+    with pytest.raises(NotImplementedError, match="no_such_solver"):
+        missing(model, x, sigmas)

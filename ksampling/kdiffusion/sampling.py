@@ -331,7 +331,9 @@ class Sampler:
 
     ``params`` are the keyword parameters after ``(model, x, sigmas, extra_args, callback,
     disable)`` with their defaults (ComfyUI's signature); ``fixed`` options this name sets
-    on the solver; ``rename``/``convert`` map a parameter to the solver's option.
+    on the solver; ``rename``/``convert`` map a parameter to the solver's option; ``switch``
+    names a boolean parameter that, when true, selects another solver (ComfyUI's
+    ``sa_solver(use_pece=True)`` is ``sa_solver_pece``).
     ``noise`` is the default noise when no ``noise_sampler`` is given: ``"none"``,
     ``"global"`` (``torch.randn_like`` through this module, k-diffusion's churn),
     ``"seeded"`` (:func:`default_noise_sampler` with ``extra_args['seed']``), ``"brownian"``
@@ -347,6 +349,7 @@ class Sampler:
     noise: str = "none"
     rename: Mapping = field(default_factory=dict)
     convert: Mapping = field(default_factory=dict)
+    switch: Mapping = field(default_factory=dict)
     cfg_pp: bool = False
     disable_default: object = None
     source: str = "ComfyUI"
@@ -395,7 +398,8 @@ SAMPLERS: dict[str, Sampler] = {
                       rename={"noise_scaler": "noise_scale"}, convert={"noise_scaler": lambda f: "default" if f is None else _comfy_noise_scaler(f)}),
     "seeds_2": Sampler("seeds_2", _ANCESTRAL + (("r", 0.5), ("solver_type", "phi_1")), noise="seeded"),
     "seeds_3": Sampler("seeds_3", _ANCESTRAL + (("r_1", 1.0 / 3), ("r_2", 2.0 / 3)), noise="seeded"),
-    "sa_solver": Sampler("sa_solver", _SA_SOLVER + (("use_pece", False), ("simple_order_2", False)), noise="seeded", disable_default=False),
+    "sa_solver": Sampler("sa_solver", _SA_SOLVER + (("use_pece", False), ("simple_order_2", False)), noise="seeded",
+                         switch={"use_pece": "sa_solver_pece"}, disable_default=False),
     "sa_solver_pece": Sampler("sa_solver_pece", _SA_SOLVER + (("simple_order_2", False),), noise="seeded", disable_default=False),
     # A1111's Restart sampler (sd_samplers_extra.restart_sampler): not a ComfyUI name.
     "restart": Sampler("restart", (("s_noise", 1.0), ("restart_list", None)), noise="global", source="A1111"),
@@ -423,21 +427,28 @@ def _default_noise(entry, x, sigmas, seed):
     return None
 
 
-def _solver_options(name, entry, arguments):
+def _solver_of(entry, arguments):
+    for param, other in entry.switch.items():
+        if arguments[param]:
+            return other
+    return entry.solver
+
+
+def _solver_options(name, entry, solver, arguments):
     """The solver's options from the call's arguments: renamed, converted, and checked
     against what the registered solver accepts (a parameter it does not know is dropped at
     ComfyUI's default and an error otherwise)."""
-    accepted = _solver_info(entry.solver)["options"]
+    accepted = _solver_info(solver)["options"]
     options = {}
     for param, default in entry.params:
-        if param == "noise_sampler":
+        if param == "noise_sampler" or param in entry.switch:
             continue
         value = arguments[param]
         option = entry.rename.get(param, param)
         if option not in accepted:
             if value is default or value == default:
                 continue
-            raise TypeError(f"sample_{name}: {param}={value!r} is not supported by ksampling's {entry.solver!r} solver")
+            raise TypeError(f"sample_{name}: {param}={value!r} is not supported by ksampling's {solver!r} solver")
         options[option] = entry.convert[param](value) if param in entry.convert else value
     for option, value in entry.fixed.items():
         if option in accepted:
@@ -460,17 +471,18 @@ def _make_sampler(name, entry):
         arguments = signature.bind(*args, **kwargs)
         arguments.apply_defaults()
         a = arguments.arguments
-        if entry.solver not in _available_solvers():
+        solver = _solver_of(entry, a)
+        if solver not in _available_solvers():
             raise NotImplementedError(
-                f"sample_{name} runs ksampling's {entry.solver!r} solver, which this installation does not register"
+                f"sample_{name} runs ksampling's {solver!r} solver, which this installation does not register"
             )
         extra_args = {} if a["extra_args"] is None else a["extra_args"]
         model = _UncondCapture(a["model"]) if entry.cfg_pp else a["model"]
         noise_sampler = a.get("noise_sampler")
         if noise_sampler is None:
             noise_sampler = _default_noise(entry, a["x"], a["sigmas"], _seed(extra_args))
-        options = _solver_options(name, entry, a)
-        return _run(entry.solver, model, a["x"], a["sigmas"], extra_args, a["callback"], a["disable"],
+        options = _solver_options(name, entry, solver, a)
+        return _run(solver, model, a["x"], a["sigmas"], extra_args, a["callback"], a["disable"],
                     noise_sampler, **options)
 
     fixed = ", ".join(f"{k}={v!r}" for k, v in entry.fixed.items())
