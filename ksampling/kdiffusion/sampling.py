@@ -137,7 +137,11 @@ class BatchedBrownianTree:
         cpu = bool(kwargs.pop("cpu", False))
         if seed is None:
             seed = _global_seed()
-        self.batched = not isinstance(seed, int) and hasattr(seed, "__len__")
+        try:  # k-diffusion's test: a seed with a length is one seed per batch item
+            len(seed)
+            self.batched = True
+        except TypeError:
+            self.batched = False
         if self.batched and len(seed) != x.shape[0]:
             raise ValueError(f"seed: a list of seeds needs one per batch item ({x.shape[0]}), got {len(seed)}")
         self.device, self.dtype, self.cpu = x.device, x.dtype, cpu
