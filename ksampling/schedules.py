@@ -557,9 +557,19 @@ def ddim_uniform(n: int, model_sigmas, device="cpu") -> torch.Tensor:
     descending, then 0 (DDIM's uniform spacing; may give a step more or fewer than ``n``)."""
     n = _check_n(n)
     table = _model_table(model_sigmas)
+    if _vanishes(table[1]):
+        # ComfyUI: a table that reaches σ ≈ 0 ends there instead of at an appended 0
+        stride = max(table.numel() // (n + 1), 1)
+        picked = [float(table[t]) for t in range(1, table.numel(), stride)]
+        return torch.tensor(picked[::-1], dtype=torch.float64, device=device)
     stride = max(table.numel() // n, 1)
     picked = [float(table[t]) for t in range(1, table.numel(), stride)]
     return _finish(picked[::-1], device)
+
+
+def _vanishes(sigma) -> bool:
+    # ComfyUI's test for a model whose smallest training sigma is 0 in all but name
+    return math.isclose(float(sigma), 0.0, abs_tol=1e-5)
 
 
 def normal(n: int, model_sigmas, device="cpu", *, sgm: bool = False) -> torch.Tensor:
@@ -571,6 +581,9 @@ def normal(n: int, model_sigmas, device="cpu", *, sgm: bool = False) -> torch.Te
     last = table.numel() - 1
     if sgm:
         t = torch.linspace(last, 0, n + 1, dtype=torch.float64)[:-1]
+    elif _vanishes(table[0]):
+        # ComfyUI: the grid ends at the table's own σ ≈ 0 (n + 1 times) instead of an appended 0
+        return _table_sigma(table, torch.linspace(last, 0, n + 1, dtype=torch.float64)).to(device)
     else:
         t = torch.linspace(last, 0, n, dtype=torch.float64)
     return _finish(_table_sigma(table, t), device)

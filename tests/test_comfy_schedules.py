@@ -39,7 +39,12 @@ def comfy_simple(s, steps):
 
 
 def comfy_ddim(s, steps):
-    x, sigs = 1, [0.0]
+    x = 1
+    if math.isclose(float(s.sigmas[x]), 0, abs_tol=0.00001):
+        steps += 1
+        sigs = []
+    else:
+        sigs = [0.0]
     ss = max(len(s.sigmas) // steps, 1)
     while x < len(s.sigmas):
         sigs += [float(s.sigmas[x])]
@@ -49,11 +54,15 @@ def comfy_ddim(s, steps):
 
 def comfy_normal(s, steps, sgm=False):
     start, end = s.timestep(s.sigma_max), s.timestep(s.sigma_min)
+    append_zero = True
     if sgm:
         timesteps = torch.linspace(float(start), float(end), steps + 1, dtype=torch.float64)[:-1]
     else:
+        if math.isclose(float(s.sigma(end)), 0, abs_tol=0.00001):
+            steps += 1
+            append_zero = False
         timesteps = torch.linspace(float(start), float(end), steps, dtype=torch.float64)
-    return [float(s.sigma(t)) for t in timesteps] + [0.0]
+    return [float(s.sigma(t)) for t in timesteps] + ([0.0] if append_zero else [])
 
 
 def comfy_beta(s, steps, alpha=0.6, beta=0.6):
@@ -117,6 +126,14 @@ def test_table_schedulers_match_comfyui(sd_table, steps):
     close(schedules.sgm_uniform(steps, sd_table), comfy_normal(s, steps, sgm=True))
     close(schedules.beta_discrete(steps, sd_table), comfy_beta(s, steps), rtol=0)
     close(schedules.beta_discrete(steps, sd_table, alpha=0.5, beta=0.7), comfy_beta(s, steps, 0.5, 0.7), rtol=0)
+
+
+def test_tables_that_reach_zero_end_there_as_in_comfyui():
+    table = torch.cat([torch.tensor([1e-7, 4e-6]), torch.linspace(0.01, 3.0, 98)]).double()
+    s = ModelSamplingDiscrete(table)
+    for steps in (3, 8):
+        close(schedules.ddim_uniform(steps, table), comfy_ddim(s, steps))
+        close(schedules.normal(steps, table), comfy_normal(s, steps))
 
 
 @pytest.mark.parametrize("steps", [1, 2, 7, 20])
