@@ -385,12 +385,16 @@ SAMPLERS: dict[str, Sampler] = {
     "dpmpp_3m_sde_gpu": Sampler("dpmpp_3m_sde", _ANCESTRAL, noise="brownian_device"),
     # ComfyUI's DDPM step uses the posterior ("small") variance β̃.
     "ddpm": Sampler("ddpm", (("noise_sampler", None),), fixed={"variance": "small"}, noise="seeded"),
-    "lcm": Sampler("lcm", (("noise_sampler", None), ("s_noise", 1.0), ("s_noise_end", None), ("noise_clip_std", 0.0)), noise="seeded"),
+    "lcm": Sampler("lcm", (("noise_sampler", None), ("s_noise", 1.0), ("s_noise_end", None), ("noise_clip_std", 0.0)),
+                   noise="seeded"),
     "ipndm": Sampler("ipndm", (("max_order", 4),)),
     "ipndm_v": Sampler("ipndm_v", (("max_order", 4),)),
-    # ComfyUI's DEIS (zju-pi's diff-sampler) integrates ε's Lagrange polynomial in t = σ:
-    # ksampling's deis with variable="rho" (ρ = σ in the VE state).
-    "deis": Sampler("deis", (("max_order", 3), ("deis_mode", "tab")), rename={"max_order": "order", "deis_mode": "variable"},
+    # ComfyUI's DEIS (zju-pi's diff-sampler): deis_mode="rhoab" integrates ε's Lagrange
+    # polynomial in σ, ksampling's deis(variable="rho"). Its default "tab" puts the polynomial in
+    # the time of a VP schedule fitted to σ ∈ [0.002, 80], which ksampling does not have: it runs
+    # as "rhoab" (documented in docs/migrating.md).
+    "deis": Sampler("deis", (("max_order", 3), ("deis_mode", "tab")),
+                    rename={"max_order": "order", "deis_mode": "variable"},
                     convert={"deis_mode": lambda mode: {"tab": "rho", "rhoab": "rho"}.get(mode, mode)}),
     "res_multistep": Sampler("res_multistep", (("s_noise", 1.0), ("noise_sampler", None)), noise="seeded"),
     "res_multistep_cfg_pp": Sampler("res_multistep_cfg_pp", (("s_noise", 1.0), ("noise_sampler", None)), noise="seeded", cfg_pp=True),
@@ -398,8 +402,9 @@ SAMPLERS: dict[str, Sampler] = {
     "res_multistep_ancestral_cfg_pp": Sampler("res_multistep_ancestral_cfg_pp", _ANCESTRAL, noise="seeded", cfg_pp=True),
     "gradient_estimation": Sampler("gradient_estimation", (("ge_gamma", 2.0),)),
     "gradient_estimation_cfg_pp": Sampler("gradient_estimation_cfg_pp", (("ge_gamma", 2.0),), cfg_pp=True),
-    "er_sde": Sampler("er_sde", (("s_noise", 1.0), ("noise_sampler", None), ("noise_scaler", None), ("max_stage", 3)), noise="seeded",
-                      rename={"noise_scaler": "noise_scale"}, convert={"noise_scaler": lambda f: "default" if f is None else _comfy_noise_scaler(f)}),
+    "er_sde": Sampler("er_sde", (("s_noise", 1.0), ("noise_sampler", None), ("noise_scaler", None), ("max_stage", 3)),
+                      noise="seeded", rename={"noise_scaler": "noise_scale"},
+                      convert={"noise_scaler": lambda f: "default" if f is None else _comfy_noise_scaler(f)}),
     "seeds_2": Sampler("seeds_2", _ANCESTRAL + (("r", 0.5), ("solver_type", "phi_1")), noise="seeded"),
     "seeds_3": Sampler("seeds_3", _ANCESTRAL + (("r_1", 1.0 / 3), ("r_2", 2.0 / 3)), noise="seeded"),
     "sa_solver": Sampler("sa_solver", _SA_SOLVER + (("use_pece", False), ("simple_order_2", False)), noise="seeded",
