@@ -437,3 +437,99 @@ def test_table_rejects_what_the_solver_cannot_do():
     missing = sampling._make_sampler("toy", sampling.Sampler("no_such_solver"))
     with pytest.raises(NotImplementedError, match="no_such_solver"):
         missing(model, x, sigmas)
+
+
+# -- ComfyUI's samplers that k-diffusion lacks, transcribed from comfy/k_diffusion/sampling.py --
+def _noise_stream(x, seed):
+    generator = torch.Generator().manual_seed(seed)
+    return lambda sigma, sigma_next: torch.randn(x.shape, generator=generator, dtype=x.dtype)
+
+
+def comfy_ddpm(model, x, sigmas, noise_sampler):
+    for i in range(len(sigmas) - 1):
+        sigma, sigma_prev = sigmas[i], sigmas[i + 1]
+        denoised = model(x, sigma * x.new_ones([x.shape[0]]))
+        eps = (x - denoised) / sigma
+        x_vp = x / torch.sqrt(1.0 + sigma**2.0)
+        alpha_cumprod, alpha_cumprod_prev = 1 / (sigma * sigma + 1), 1 / (sigma_prev * sigma_prev + 1)
+        alpha = alpha_cumprod / alpha_cumprod_prev
+        mu = (1.0 / alpha).sqrt() * (x_vp - (1 - alpha) * eps / (1 - alpha_cumprod).sqrt())
+        if sigma_prev > 0:
+            mu += ((1 - alpha) * (1.0 - alpha_cumprod_prev) / (1.0 - alpha_cumprod)).sqrt() * noise_sampler(sigma, sigma_prev)
+        x = mu
+        if sigma_prev != 0:
+            x = x * torch.sqrt(1.0 + sigma_prev**2.0)
+    return x
+
+
+def comfy_ipndm(model, x, sigmas, max_order=4):
+    buffer = []
+    for i in range(len(sigmas) - 1):
+        t_cur, t_next = sigmas[i], sigmas[i + 1]
+        denoised = model(x, t_cur * x.new_ones([x.shape[0]]))
+        d_cur = (x - denoised) / t_cur
+        order = min(max_order, i + 1)
+        if t_next == 0:
+            x_next = denoised
+        elif order == 1:
+            x_next = x + (t_next - t_cur) * d_cur
+        elif order == 2:
+            x_next = x + (t_next - t_cur) * (3 * d_cur - buffer[-1]) / 2
+        elif order == 3:
+            x_next = x + (t_next - t_cur) * (23 * d_cur - 16 * buffer[-1] + 5 * buffer[-2]) / 12
+        else:
+            x_next = x + (t_next - t_cur) * (55 * d_cur - 59 * buffer[-1] + 37 * buffer[-2] - 9 * buffer[-3]) / 24
+        buffer = (buffer + [d_cur])[-(max_order - 1):]
+        x = x_next
+    return x
+
+
+def comfy_gradient_estimation(model, x, sigmas, ge_gamma=2.0):
+    old_d = None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]))
+        d = (x - denoised) / sigmas[i]
+        dt = sigmas[i + 1] - sigmas[i]
+        if sigmas[i + 1] == 0:
+            x = denoised
+        else:
+            x = x + d * dt
+            if i >= 1:
+                x = x + (ge_gamma - 1) * (d - old_d) * dt
+        old_d = d
+    return x
+
+
+def comfy_res_multistep(model, x, sigmas):
+    """ComfyUI's res_multistep with eta = 0 (its sample_res_multistep)."""
+    t_fn = lambda sigma: sigma.log().neg()  # noqa: E731
+    phi1 = lambda t: torch.expm1(t) / t  # noqa: E731
+    phi2 = lambda t: (phi1(t) - 1.0) / t  # noqa: E731
+    old_sigma_down, old_denoised = None, None
+    for i in range(len(sigmas) - 1):
+        denoised = model(x, sigmas[i] * x.new_ones([x.shape[0]]))
+        sigma_down = sigmas[i + 1]
+        if sigma_down == 0 or old_denoised is None:
+            x = x + (x - denoised) / sigmas[i] * (sigma_down - sigmas[i])
+        else:
+            t, t_old, t_next, t_prev = t_fn(sigmas[i]), t_fn(old_sigma_down), t_fn(sigma_down), t_fn(sigmas[i - 1])
+            h = t_next - t
+            c2 = (t_prev - t_old) / h
+            b1 = torch.nan_to_num(phi1(-h) - phi2(-h) / c2, nan=0.0)
+            b2 = torch.nan_to_num(phi2(-h) / c2, nan=0.0)
+            x = (-h).exp() * x + h * (b1 * denoised + b2 * old_denoised)
+        old_denoised, old_sigma_down = denoised, sigma_down
+    return x
+
+
+@pytest.mark.parametrize("name", ["ddpm", "ipndm", "gradient_estimation", "res_multistep"])
+def test_comfyui_samplers_without_a_k_diffusion_original_match_its_formulas(name):
+    _registered(name)
+    model, x, sigmas = ComfyModel(), start(14), grid(9)
+    if name == "ddpm":
+        theirs = comfy_ddpm(model, x, sigmas, _noise_stream(x, 8))
+        ours = KS.sample_ddpm(model, x, sigmas, disable=True, noise_sampler=_noise_stream(x, 8))
+    else:
+        theirs = globals()[f"comfy_{name}"](model, x, sigmas)
+        ours = getattr(KS, f"sample_{name}")(model, x, sigmas, disable=True)
+    assert rel_err(ours, theirs) < 1e-10

@@ -243,7 +243,7 @@ def _progress(disable):
     return not disable
 
 
-def _run(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler=None, **options):
+def _run(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler=None, final_step="solver", **options):
     return _sample(
         model,
         x,
@@ -253,6 +253,7 @@ def _run(solver, model, x, sigmas, extra_args, callback, disable, noise_sampler=
         callback=callback,
         progress=_progress(disable),
         noise_sampler=noise_sampler,
+        final_step=final_step,
         **options,
     )
 
@@ -337,7 +338,8 @@ class Sampler:
     disable)`` with their defaults (ComfyUI's signature); ``fixed`` options this name sets
     on the solver; ``rename``/``convert`` map a parameter to the solver's option; ``switch``
     names a boolean parameter that, when true, selects another solver (ComfyUI's
-    ``sa_solver(use_pece=True)`` is ``sa_solver_pece``).
+    ``sa_solver(use_pece=True)`` is ``sa_solver_pece``); ``final_step`` is
+    :func:`ksampling.sample`'s policy for the step to σ = 0.
     ``noise`` is the default noise when no ``noise_sampler`` is given: ``"none"``,
     ``"global"`` (``torch.randn_like`` through this module, k-diffusion's churn),
     ``"seeded"`` (:func:`default_noise_sampler` with ``extra_args['seed']``), ``"brownian"``
@@ -354,6 +356,7 @@ class Sampler:
     rename: Mapping = field(default_factory=dict)
     convert: Mapping = field(default_factory=dict)
     switch: Mapping = field(default_factory=dict)
+    final_step: str = "solver"
     cfg_pp: bool = False
     disable_default: object = None
     source: str = "ComfyUI"
@@ -400,8 +403,10 @@ SAMPLERS: dict[str, Sampler] = {
     "res_multistep_cfg_pp": Sampler("res_multistep_cfg_pp", (("s_noise", 1.0), ("noise_sampler", None)), noise="seeded", cfg_pp=True),
     "res_multistep_ancestral": Sampler("res_multistep_ancestral", _ANCESTRAL, noise="seeded"),
     "res_multistep_ancestral_cfg_pp": Sampler("res_multistep_ancestral_cfg_pp", _ANCESTRAL, noise="seeded", cfg_pp=True),
-    "gradient_estimation": Sampler("gradient_estimation", (("ge_gamma", 2.0),)),
-    "gradient_estimation_cfg_pp": Sampler("gradient_estimation_cfg_pp", (("ge_gamma", 2.0),), cfg_pp=True),
+    # ComfyUI's gradient estimation ends with x <- D(x; σ_min), not an extrapolated step to 0
+    "gradient_estimation": Sampler("gradient_estimation", (("ge_gamma", 2.0),), final_step="denoise"),
+    "gradient_estimation_cfg_pp": Sampler("gradient_estimation_cfg_pp", (("ge_gamma", 2.0),), cfg_pp=True,
+                                          final_step="denoise"),
     "er_sde": Sampler("er_sde", (("s_noise", 1.0), ("noise_sampler", None), ("noise_scaler", None), ("max_stage", 3)),
                       noise="seeded", rename={"noise_scaler": "noise_scale"},
                       convert={"noise_scaler": lambda f: "default" if f is None else _comfy_noise_scaler(f)}),
@@ -492,7 +497,7 @@ def _make_sampler(name, entry):
             noise_sampler = _default_noise(entry, a["x"], a["sigmas"], _seed(extra_args))
         options = _solver_options(name, entry, solver, a)
         return _run(solver, model, a["x"], a["sigmas"], extra_args, a["callback"], a["disable"],
-                    noise_sampler, **options)
+                    noise_sampler, entry.final_step, **options)
 
     fixed = ", ".join(f"{k}={v!r}" for k, v in entry.fixed.items())
     sampler.__name__ = sampler.__qualname__ = f"sample_{name}"
