@@ -16,6 +16,12 @@ float64; nothing here depends on torch's default dtype.
 | `beta` | σ at the quantiles of a Beta(α, β) | Lee et al. 2024 |
 | `flow` | uniform rectified-flow time, time-shifted | SD3, Esser et al. 2024 |
 | `flow_shift` | the SD3 time shift applied to any grid | SD3, Esser et al. 2024 |
+| `simple`, `ddim_uniform`, `normal`, `sgm_uniform`, `beta_discrete` | on a model's training sigmas | ComfyUI's schedulers |
+| `linear_quadratic` | linear, then quadratic in σ/σ_max | Genmo's Mochi (ComfyUI) |
+| `laplace` | log σ at Laplace quantiles | Hang et al. 2024 (ComfyUI) |
+| `gits` | GITS' published presets for SD 1.x | Chen et al. 2024, arXiv:2405.11326 |
+
+:func:`comfyui` gives ComfyUI's grid for each of its scheduler names (:data:`COMFYUI_SCHEDULERS`).
 
 :data:`SCHEDULES`, :func:`available` and :func:`get` give the schedules that are defined by
 ``(n, sigma_min, sigma_max)`` by name, so that benchmarks can loop over them.
@@ -42,6 +48,16 @@ __all__ = [
     "beta_ppf",
     "flow",
     "flow_shift",
+    "simple",
+    "sgm_uniform",
+    "ddim_uniform",
+    "normal",
+    "beta_discrete",
+    "linear_quadratic",
+    "laplace",
+    "gits",
+    "comfyui",
+    "COMFYUI_SCHEDULERS",
     "SCHEDULES",
     "available",
     "get",
@@ -439,16 +455,21 @@ def ays(n: int, model: str = "sd15", device="cpu") -> torch.Tensor:
     n = _check_n(n)
     if model not in AYS_TABLES:
         raise ValueError(f"model must be one of {sorted(AYS_TABLES)}, got {model!r}")
-    table = torch.tensor(AYS_TABLES[model], dtype=torch.float64)
-    if n + 1 == table.numel():
-        levels = table
-    else:
-        positions = torch.linspace(0.0, 1.0, n + 1, dtype=torch.float64) * (table.numel() - 1)
-        low = positions.floor().long().clamp(max=table.numel() - 2)
-        weight = positions - low
-        log_table = table.log()
-        levels = ((1 - weight) * log_table[low] + weight * log_table[low + 1]).exp()
+    levels = _loglinear_interp(AYS_TABLES[model], n + 1)
     return _finish(levels[:-1], device)
+
+
+def _loglinear_interp(levels, count: int) -> torch.Tensor:
+    """``count`` levels log-linearly interpolated from the descending ``levels`` (NVIDIA's and
+    GITS' ``loglinear_interp``: log σ linear in the normalised position ``k/(len − 1)``)."""
+    table = torch.tensor(levels, dtype=torch.float64)
+    if count == table.numel():
+        return table
+    positions = torch.linspace(0.0, 1.0, count, dtype=torch.float64) * (table.numel() - 1)
+    low = positions.floor().long().clamp(max=table.numel() - 2)
+    weight = positions - low
+    log_table = table.log()
+    return ((1 - weight) * log_table[low] + weight * log_table[low + 1]).exp()
 
 
 # ----------------------------------------------------------------------------------------
@@ -500,6 +521,194 @@ def flow(
 
 
 # ----------------------------------------------------------------------------------------
+# ComfyUI's schedulers (comfy.samplers.SCHEDULER_HANDLERS, the Laplace and GITS nodes)
+
+
+def _model_table(model_sigmas) -> torch.Tensor:
+    """A model's ascending training sigmas (ComfyUI's ``model_sampling.sigmas``), float64 on
+    the CPU, from a 1-D table or a :class:`ksampling.denoisers.VPDiscrete` process."""
+    table = getattr(model_sigmas, "sigmas", model_sigmas)
+    if table is None or isinstance(table, (str, bytes)):
+        raise TypeError("model_sigmas must be a 1-D table of training sigmas or a VPDiscrete process")
+    return _train_sigmas(table, None)
+
+
+def _table_sigma(table: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """σ at fractional training time t: log σ interpolated between neighbouring indices
+    (ComfyUI's ``ModelSamplingDiscrete.sigma``)."""
+    t = t.clamp(0, table.numel() - 1)
+    low, high = t.floor().long(), t.ceil().long()
+    weight = t - t.floor()
+    log_table = table.log()
+    return ((1 - weight) * log_table[low] + weight * log_table[high]).exp()
+
+
+def simple(n: int, model_sigmas, device="cpu") -> torch.Tensor:
+    """ComfyUI's ``simple``: every (T/n)-th training sigma from the top,
+    ``σ_i = table[T − 1 − ⌊i·T/n⌋]``, then 0."""
+    n = _check_n(n)
+    table = _model_table(model_sigmas)
+    stride = table.numel() / n
+    return _finish([float(table[-(1 + int(i * stride))]) for i in range(n)], device)
+
+
+def ddim_uniform(n: int, model_sigmas, device="cpu") -> torch.Tensor:
+    """ComfyUI's ``ddim_uniform``: training sigmas at t = 1, 1 + s, 1 + 2s, … (s = ⌊T/n⌋),
+    descending, then 0 (DDIM's uniform spacing; may give a step more or fewer than ``n``)."""
+    n = _check_n(n)
+    table = _model_table(model_sigmas)
+    if _vanishes(table[1]):
+        # ComfyUI: a table that reaches σ ≈ 0 ends there instead of at an appended 0
+        stride = max(table.numel() // (n + 1), 1)
+        picked = [float(table[t]) for t in range(1, table.numel(), stride)]
+        return torch.tensor(picked[::-1], dtype=torch.float64, device=device)
+    stride = max(table.numel() // n, 1)
+    picked = [float(table[t]) for t in range(1, table.numel(), stride)]
+    return _finish(picked[::-1], device)
+
+
+def _vanishes(sigma) -> bool:
+    # ComfyUI's test for a model whose smallest training sigma is 0 in all but name
+    return math.isclose(float(sigma), 0.0, abs_tol=1e-5)
+
+
+def normal(n: int, model_sigmas, device="cpu", *, sgm: bool = False) -> torch.Tensor:
+    """ComfyUI's ``normal``: uniform in the model's training time from T − 1 to 0
+    (``t_i = (T−1)(1 − i/(n−1))``, σ log-interpolated between indices), then 0.
+    ``sgm=True`` is ComfyUI's ``sgm_uniform``: n + 1 uniform times, the last (t = 0) dropped."""
+    n = _check_n(n)
+    table = _model_table(model_sigmas)
+    last = table.numel() - 1
+    if sgm:
+        t = torch.linspace(last, 0, n + 1, dtype=torch.float64)[:-1]
+    elif _vanishes(table[0]):
+        # ComfyUI: the grid ends at the table's own σ ≈ 0 (n + 1 times) instead of an appended 0
+        return _table_sigma(table, torch.linspace(last, 0, n + 1, dtype=torch.float64)).to(device)
+    else:
+        t = torch.linspace(last, 0, n, dtype=torch.float64)
+    return _finish(_table_sigma(table, t), device)
+
+
+def sgm_uniform(n: int, model_sigmas, device="cpu") -> torch.Tensor:
+    """ComfyUI's ``sgm_uniform`` (:func:`normal` with ``sgm=True``; SGM's discretisation)."""
+    return normal(n, model_sigmas, device, sgm=True)
+
+
+def beta_discrete(n: int, model_sigmas, alpha: float = 0.6, beta: float = 0.6, device="cpu") -> torch.Tensor:
+    """ComfyUI's ``beta`` (Lee et al. 2024, arXiv:2407.12173) on a model's training sigmas:
+    ``table[round(F⁻¹(1 − i/n)·(T − 1))]`` for i = 0 … n−1, F = CDF of Beta(α, β),
+    repeated indices dropped, then 0. (:func:`beta` maps the quantiles onto [σ_min, σ_max]
+    instead, as diffusers does.)"""
+    n = _check_n(n)
+    table = _model_table(model_sigmas)
+    alpha = _check_positive(alpha, "alpha")
+    beta_ = _check_positive(beta, "beta")
+    last = table.numel() - 1
+    indices = []
+    for i in range(n):
+        index = round(beta_ppf(1.0 - i / n, alpha, beta_) * last)
+        if not indices or index != indices[-1]:
+            indices.append(index)
+    return _finish([float(table[t]) for t in indices], device)
+
+
+def linear_quadratic(
+    n: int, sigma_max: float = 1.0, threshold_noise: float = 0.025, linear_steps=None, device="cpu"
+) -> torch.Tensor:
+    """ComfyUI's ``linear_quadratic`` (Genmo's Mochi schedule): with s = 1 − σ/σ_max, the first
+    ``linear_steps`` (default n // 2) values of s rise linearly to ``threshold_noise``, the rest
+    follow the quadratic through (linear_steps, threshold_noise) that reaches 1 at step n; the
+    grid is ``σ_max (1 − s_i)``, ending in 0. For a rectified-flow model (ComfyUI's default
+    σ_max = 1) the values are flow times t, not VE sigmas."""
+    n = _check_n(n)
+    sigma_max = _check_positive(sigma_max, "sigma_max")
+    threshold_noise = _check_real(threshold_noise, "threshold_noise")
+    if not 0 < threshold_noise < 1:
+        raise ValueError(f"threshold_noise must lie in (0, 1), got {threshold_noise}")
+    if n == 1:
+        return torch.tensor([sigma_max, 0.0], dtype=torch.float64, device=device)
+    linear_steps = n // 2 if linear_steps is None else _check_n(linear_steps, "linear_steps")
+    if linear_steps >= n:
+        raise ValueError(f"linear_steps must be < n ({n}), got {linear_steps}")
+    quadratic_steps = n - linear_steps
+    step_diff = linear_steps - threshold_noise * n
+    quadratic_coef = step_diff / (linear_steps * quadratic_steps**2)
+    linear_coef = threshold_noise / linear_steps - 2 * step_diff / quadratic_steps**2
+    const = quadratic_coef * linear_steps**2
+    rising = [i * threshold_noise / linear_steps for i in range(linear_steps)]
+    rising += [quadratic_coef * i**2 + linear_coef * i + const for i in range(linear_steps, n)]
+    return torch.tensor([sigma_max * (1.0 - s) for s in rising] + [0.0], dtype=torch.float64, device=device)
+
+
+def laplace(
+    n: int, sigma_min: float, sigma_max: float, mu: float = 0.0, beta: float = 0.5, device="cpu"
+) -> torch.Tensor:
+    """ComfyUI's Laplace schedule (Hang et al. 2024, "Improved Noise Schedule for Diffusion
+    Training"): log σ at the quantiles of a Laplace(μ, β) distribution,
+    ``log σ_i = μ − β·sgn(½ − u_i)·log(1 − 2|½ − u_i| + 10⁻⁵)``, u_i = i/(n−1), clamped to
+    [σ_min, σ_max], then 0. The clamp can repeat σ_min (or σ_max) at the ends, as in ComfyUI;
+    :func:`ksampling.sample` rejects such a grid, so pick σ_min/σ_max inside the Laplace range."""
+    n = _check_n(n)
+    sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
+    mu = _check_real(mu, "mu")
+    beta = _check_positive(beta, "beta")
+    values = []
+    for u in _ramp(n):
+        centred = 0.5 - u
+        sign = (centred > 0) - (centred < 0)
+        log_sigma = mu - beta * sign * math.log(1 - 2 * abs(centred) + 1e-5)
+        values.append(min(max(math.exp(log_sigma), sigma_min), sigma_max))
+    return _finish(values, device)
+
+
+def gits(n: int, coeff: float = 1.20, device="cpu") -> torch.Tensor:
+    """GITS presets (Chen et al. 2024, "On the Trajectory Regularity of ODE-based Diffusion
+    Sampling", arXiv:2405.11326): the grids its dynamic programming found for Stable Diffusion
+    1.x at trajectory coefficient ``coeff`` (0.80 … 1.50 in steps of 0.05), as ComfyUI's
+    GITSScheduler node gives them: the table for ``n`` ≤ 20 steps; above, the 20-step table
+    log-linearly interpolated to n + 1 levels; the last level becomes 0."""
+    from .gits_tables import LEVELS, PRESETS
+
+    n = _check_n(n)
+    if n < 2:
+        raise ValueError(f"n must be >= 2 for the GITS presets, got {n}")
+    key = round(_check_real(coeff, "coeff"), 2)
+    if key not in PRESETS:
+        raise ValueError(f"coeff must be one of {', '.join(f'{c:.2f}' for c in PRESETS)}, got {coeff}")
+    rows = PRESETS[key]
+    if n <= len(rows) + 1:
+        levels = torch.tensor([LEVELS[i] for i in rows[n - 2]], dtype=torch.float64)
+    else:
+        levels = _loglinear_interp([LEVELS[i] for i in rows[-1]], n + 1)
+    return _finish(levels[:-1], device)
+
+
+#: ComfyUI's scheduler names (``comfy.samplers.SCHEDULER_NAMES``), in its order.
+COMFYUI_SCHEDULERS = (
+    "simple", "sgm_uniform", "karras", "exponential", "ddim_uniform", "beta", "normal", "linear_quadratic", "kl_optimal",
+)
+
+
+def comfyui(name: str, n: int, model_sigmas, device="cpu") -> torch.Tensor:
+    """The grid ComfyUI's ``calculate_sigmas(model_sampling, name, n)`` gives, for a model whose
+    training sigmas are ``model_sigmas`` (a 1-D ascending table or a
+    :class:`~ksampling.denoisers.VPDiscrete`). ``name`` is one of :data:`COMFYUI_SCHEDULERS`;
+    ``karras``/``exponential``/``kl_optimal`` run on [table[0], table[−1]],
+    ``linear_quadratic`` with σ_max = table[−1]."""
+    if name not in COMFYUI_SCHEDULERS:
+        raise ValueError(f"unknown ComfyUI scheduler {name!r}; known: {', '.join(COMFYUI_SCHEDULERS)}")
+    table = _model_table(model_sigmas)
+    sigma_min, sigma_max = float(table[0]), float(table[-1])
+    by_table = {"simple": simple, "sgm_uniform": sgm_uniform, "ddim_uniform": ddim_uniform, "normal": normal,
+                "beta": beta_discrete}
+    if name in by_table:
+        return by_table[name](n, table, device=device)
+    if name == "linear_quadratic":
+        return linear_quadratic(n, sigma_max, device=device)
+    return SCHEDULES[name](n, sigma_min, sigma_max, device=device)
+
+
+# ----------------------------------------------------------------------------------------
 # registry
 
 #: The schedules defined by ``(n, sigma_min, sigma_max, **options)``, by name.
@@ -509,6 +718,7 @@ SCHEDULES: dict[str, Callable[..., torch.Tensor]] = {
     "polyexponential": polyexponential,
     "kl_optimal": kl_optimal,
     "beta": beta,
+    "laplace": laplace,
 }
 
 

@@ -242,7 +242,10 @@ def test_noise_samplers_have_k_diffusions_interface():
     assert w.shape == x.shape
     # increments add up: W(0.7) − W(0.2) = (W(0.5) − W(0.2)) + (W(0.7) − W(0.5))
     torch.testing.assert_close(w, tree(0.2, 0.5) + tree(0.5, 0.7))
-    assert isinstance(ns, ksampling.samplers.brownian.BrownianTreeNoiseSampler)
+    # with torchsde installed the tree is k-diffusion's: the same seed gives the same numbers
+    K = k_diffusion()
+    theirs = K.sampling.BrownianTreeNoiseSampler(x, 0.1, 10.0, seed=3)(torch.tensor(5.0), torch.tensor(2.0))
+    assert torch.equal(n1, theirs)
 
 
 def test_bad_input_is_a_clear_error():
@@ -282,7 +285,10 @@ def _dpm_callback_compare(ours, theirs, keys):
             if isinstance(b[key], torch.Tensor) and b[key].numel() > 1:
                 assert rel_err(a[key], b[key]) < RTOL, key
             else:
-                assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-10, abs=1e-12), key
+                # the error estimate is a difference of two nearly equal solutions: round-off
+                # of the two implementations shows in its 8th digit
+                rel = 1e-6 if key in ("error", "h") else 1e-10
+                assert float(a[key]) == pytest.approx(float(b[key]), rel=rel, abs=1e-12), key
 
 
 @pytest.mark.parametrize("options", [{}, {"eta": 0.5}])
@@ -316,7 +322,7 @@ def test_dpm_adaptive_matches_k_diffusion(options):
     ours, ours_info = KS.sample_dpm_adaptive(model, x, smin, smax, callback=_record(ours_cb), disable=True, **kwargs)
     assert rel_err(ours, theirs) < RTOL
     assert ours_info == theirs_info and theirs_info["n_reject"] >= 0 and theirs_info["steps"] > 3
-    keys = {"x", "i", "sigma", "sigma_hat", "t", "t_up", "denoised", "steps", "nfe", "n_accept", "n_reject"}
+    keys = {"x", "i", "sigma", "sigma_hat", "t", "t_up", "denoised", "error", "h", "steps", "nfe", "n_accept", "n_reject"}
     _dpm_callback_compare(ours_cb, theirs_cb, keys)
     plain = KS.sample_dpm_adaptive(model, x, 0.05, 10.0, disable=True, **dict(options, noise_sampler=keyed_noise(x)))
     assert rel_err(plain, theirs) < RTOL

@@ -406,7 +406,10 @@ class DPMAdaptive(_OffGrid):
                     f"dpm_adaptive: the error estimate is {error} at sigma={step.sigma:g}; "
                     "the model returned non-finite values or atol = 0 met a zero state"
                 )
-            if pid.propose_step(error):
+            accept = pid.propose_step(error)
+            # read by the k-diffusion drop-in, whose callback reports k-diffusion's 'error' and 'h'
+            self.last_error, self.last_h = error, pid.h
+            if accept:
                 x_prev = x_low
                 x = x_high
                 if noise_std > 0:
