@@ -24,10 +24,13 @@ a discrete VP process.
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import torch
 from torch import nn
 
-from .base import Denoiser, LearnedVariance
+from .base import Denoiser, LearnedVariance, sigma_check_due
 from .processes import NoiseProcess
 
 __all__ = ["PREDICTIONS", "LEARNED_VARIANCES", "NetworkDenoiser", "present_as_network", "eps_ddpm", "v_ddpm"]
@@ -60,7 +63,8 @@ def _check_learned_variance(learned_variance):
 
 
 def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
-    """σ as a ``[B]`` tensor on x's device (a number or a 0-d / 1-element tensor is broadcast)."""
+    """σ as a ``[B]`` tensor on x's device (a number or a 0-d / 1-element tensor is broadcast).
+    A number is checked (finite, >= 0) on the host for free; a tensor is not read."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.ndim < 1:
@@ -69,12 +73,39 @@ def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(sigma, torch.Tensor):
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"sigma must be a tensor of shape [B] or a number, got {type(sigma).__name__}")
-        return x.new_full((batch,), float(sigma))
+        return x.new_full((batch,), _check_sigma_values(float(sigma), float(sigma)))
     if sigma.numel() == 1 and sigma.ndim <= 1:
         return sigma.reshape(1).expand(batch)
     if sigma.ndim != 1 or sigma.shape[0] != batch:
         raise ValueError(f"sigma must have shape [B] = [{batch}] (one noise level per sample), got {tuple(sigma.shape)}")
     return sigma
+
+
+def _checked_sigma_batch(sigma, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """``(σ as a [B] tensor, the largest σ or None)``, every σ checked to be finite and >= 0.
+
+    A tensor is checked with one transfer of its min and max, unless the caller already
+    validated it (the sampling loop does, so it makes no per-call host sync; see
+    :func:`~ksampling.denoisers.base.sigmas_checked_by_caller`); the largest σ is then None.
+    """
+    batch = _sigma_batch(sigma, x)
+    if not isinstance(sigma, torch.Tensor):
+        return batch, float(sigma)
+    if not sigma_check_due(batch):
+        return batch, None
+    low, high = torch.stack(torch.aminmax(batch)).tolist()  # one transfer; NaN propagates
+    return batch, _check_sigma_values(low, high)
+
+
+def _check_sigma_values(low: float, high: float) -> float:
+    """Raise unless every σ in [low, high] is a noise level (finite, >= 0); return ``high``."""
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("sigma contains NaN; a noise level must be a finite number >= 0")
+    if low < 0:
+        raise ValueError(f"sigma = {low:g} is negative; a noise level must be a finite number >= 0")
+    if math.isinf(high):
+        raise ValueError("sigma is inf; a noise level must be a finite number >= 0")
+    return high
 
 
 def _dims(value: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -134,7 +165,17 @@ class NetworkDenoiser(Denoiser):
     the channels of x on dim 1, the prediction first and the variance output second.
     :meth:`denoise_with_variance` returns both (the ``ddpm`` solver uses the variance);
     ``forward`` returns D only.
+
+    σ must be finite and >= 0 (a ``ValueError`` otherwise). Above the process's ``sigma_max``
+    the network is outside its training range (a discrete VP network is given its last
+    training time, so D's error grows like σ/σ_max): more than 1% above it, a ``UserWarning``
+    says so (:meth:`check_sigma_range`). Direct calls check every σ (one host transfer);
+    :func:`ksampling.sample` checks its grid once instead, so its loop makes no host sync.
     """
+
+    #: how far above ``sigma_max`` (relative) σ may go before :meth:`check_sigma_range` warns:
+    #: a grid computed in float32 from the network's own σ_max rounds above it by ~1e-7.
+    SIGMA_MAX_TOLERANCE = 0.01
 
     def __init__(self, network, process: NoiseProcess, prediction: str = "eps", learned_variance: str | None = None):
         super().__init__()
@@ -153,7 +194,9 @@ class NetworkDenoiser(Denoiser):
     def denoise_with_variance(self, x: torch.Tensor, sigma, **extra_args):
         """``(D, LearnedVariance | None)``: the denoised estimate and, for networks with a
         learned variance, their raw variance output."""
-        sigma = _sigma_batch(sigma, x)
+        sigma, largest = _checked_sigma_batch(sigma, x)
+        if largest is not None:
+            self.check_sigma_range(largest)
         t = self.process.sigma_to_t(sigma)
         x_net = x * _dims(self.process.input_scale(sigma).to(x.dtype), x.ndim)
         output = self.network(x_net, t, **extra_args)
@@ -171,6 +214,18 @@ class NetworkDenoiser(Denoiser):
         if output.shape != x.shape:
             raise ValueError(f"the network returned shape {tuple(output.shape)}, expected x's shape {tuple(x.shape)}")
         return denoised_from_prediction(self.prediction, output, x, sigma, self.process, t), variance
+
+    def check_sigma_range(self, sigma: float) -> None:
+        """Warn if the noise level ``sigma`` (a float) lies more than
+        :attr:`SIGMA_MAX_TOLERANCE` above the process's ``sigma_max``."""
+        if sigma > self.sigma_max * (1 + self.SIGMA_MAX_TOLERANCE):
+            warnings.warn(
+                f"sigma = {sigma:g} is above the network's training range (sigma_max = {self.sigma_max:g} for "
+                f"{self.process!r}), where its denoised estimate is unreliable (a discrete VP network is given "
+                "the time of sigma_max). Start the grid at denoiser.sigma_max.",
+                UserWarning,
+                stacklevel=2,
+            )
 
     def extra_repr(self) -> str:
         extra = f", learned_variance={self.learned_variance!r}" if self.learned_variance else ""
