@@ -6,10 +6,12 @@ The toy denoisers here are written from the formulas directly, independently of
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.overrides import TorchFunctionMode
+
+# The convergence order: minus the least-squares slope of log(error) against log(N), one
+# implementation for the tests and the benchmarks.
+from benchmarks.metrics import fit_order as fitted_order  # noqa: F401
 
 #: Tensor methods that copy a value to the host (a GPU->CPU sync on CUDA, and a break in
 #: CUDA-graph capture).
@@ -69,9 +71,3 @@ def karras_grid(n, sigma_min=0.002, sigma_max=80.0, rho=7.0, append_zero=True):
     return torch.tensor(sig, dtype=torch.float64)
 
 
-def fitted_order(ns, errors) -> float:
-    """Slope of −log(error) against log(N), least squares."""
-    xs = [math.log(n) for n in ns]
-    ys = [-math.log(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
