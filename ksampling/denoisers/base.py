@@ -10,6 +10,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from .predictions import present_as_network
+
 __all__ = ["Denoiser", "LearnedVariance", "sigmas_checked_by_caller", "sigma_check_due"]
 
 # Whether the sigmas a denoiser is called with were validated by its caller (the sampling loop
@@ -79,6 +81,4 @@ class Denoiser(nn.Module):
         """Present this denoiser as a network of the given kind: a module
         ``network(x_in, t, **extra_args)`` that returns what an ideal ``prediction``-type
         network of ``process`` would (so that wrapping it gives back this denoiser)."""
-        from .wrappers import present_as_network
-
         return present_as_network(self, process, prediction, **kwargs)
