@@ -556,3 +556,17 @@ def test_learned_variance_needs_twice_the_channels():
 def test_x_must_be_floating_point():
     with pytest.raises(TypeError, match="x must be a floating-point"):
         NetworkDenoiser(lambda x, t: x, VE(), "eps")(torch.zeros(3, 4, dtype=torch.long), torch.ones(3))
+
+
+def test_no_check_while_torch_compile_traces(monkeypatch):
+    # a compiled graph must not read values back: the check is left to the caller there
+    from ksampling.denoisers.base import sigma_check_due
+
+    sigma = torch.tensor([1.0, math.nan], dtype=F64)
+    assert sigma_check_due(sigma)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not sigma_check_due(sigma)
+    wrapped = NetworkDenoiser(lambda x, t: x, VE(), "eps")
+    with HostSyncCounter() as counter:
+        wrapped(torch.ones(2, 3, dtype=F64), sigma)
+    assert counter.count == 0
