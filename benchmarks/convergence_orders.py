@@ -35,6 +35,11 @@ import ksampling
 from ksampling.denoisers.analytic import Gaussian
 from ksampling.samplers import available, get, info
 
+if __package__:
+    from .metrics import fit_order as fitted_order
+else:  # run as a script: python benchmarks/convergence_orders.py
+    from metrics import fit_order as fitted_order
+
 SIGMA_MAX = 80.0
 SIGMA_MIN = 1e-3
 STEPS = (16, 32, 64, 128, 256)
@@ -146,14 +151,6 @@ def ode_solvers() -> list[str]:
 def measurement_options(name: str) -> dict:
     """Lower-order final steps off, where the solver has the option."""
     return {"lower_order_final": False} if "lower_order_final" in get(name).option_names() else {}
-
-
-def fitted_order(steps: Sequence[int], errors: Sequence[float]) -> float:
-    """Least-squares slope of −log(error) against log(N)."""
-    xs = [math.log(n) for n in steps]
-    ys = [-math.log(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
 
 
 def errors_for(solver: str, problem: Problem, steps: Sequence[int], **options) -> list[float]:

@@ -21,13 +21,14 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
 from ksampling.denoisers import EDMPrecond, edm_loss
 
-__all__ = ["DigitsMLP", "CONFIGS", "train", "load_or_train", "CACHE_DIR"]
+__all__ = ["DigitsMLP", "CONFIGS", "digits_data", "train", "load_or_train", "CACHE_DIR"]
 
 CACHE_DIR = Path(__file__).resolve().parent / "cache"
 
@@ -35,6 +36,16 @@ CONFIGS = {
     "small": dict(width=128, blocks=2, steps=4000, batch=128, lr=2e-3, ema=0.998, seed=0),
     "large": dict(width=1024, blocks=6, steps=60000, batch=512, lr=1e-3, ema=0.9995, seed=0),
 }
+
+
+def digits_data() -> np.ndarray:
+    """scikit-learn's 1797 8×8 digits (bundled with the package), scaled from 0..16 to [−1, 1],
+    as an array of shape (1797, 64)."""
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as exc:  # pragma: no cover - scikit-learn is a bench extra
+        raise ImportError("the digits problems need scikit-learn: pip install ksampling[bench]") from exc
+    return load_digits().data.astype(np.float64) / 8.0 - 1.0
 
 
 class DigitsMLP(nn.Module):
@@ -77,8 +88,6 @@ def _build(config: dict) -> nn.Module:
 
 def train(config_name: str = "small", device="cpu", progress: bool = True, steps: int | None = None):
     """Train the network; returns (EMA network in float32 on the CPU, sigma_data, seconds)."""
-    from .problems import digits_data
-
     config = dict(CONFIGS[config_name])
     if steps is not None:
         config["steps"] = steps

@@ -28,57 +28,14 @@ from typing import Sequence
 import torch
 import torch.distributed as dist
 
+from .runners import generate, methods_for, plan_steps, rank_and_world
+
 __all__ = ["generate", "rank_and_world", "main"]
-
-
-def rank_and_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def generate(problem, method, grid: Sequence[float], seeds: Sequence[int], *, budget: int | None = None,
-             batch: int = 256, device="cpu", noise_mixing=None) -> torch.Tensor:
-    """Samples at ``grid[-1]`` for every seed (in the order of ``seeds``), float64.
-
-    Under an initialised process group each rank runs its share of the chunks and the result
-    is gathered to every rank; without one the process runs all chunks. With ``noise_mixing``
-    (see :class:`benchmarks.metrics.CorrelatedNoise`) the solver's draws are correlated
-    Gaussians of that structure, from each sample's generator, instead of its default noise.
-    """
-    from .metrics import CorrelatedNoise
-    from .suite import run_method
-
-    if batch < 1:
-        raise ValueError(f"batch must be >= 1, got {batch}")
-    seeds = [int(s) for s in seeds]
-    rank, world = rank_and_world()
-    chunks = [seeds[i : i + batch] for i in range(0, len(seeds), batch)]
-    mine = {}
-    for c in range(rank, len(chunks), world):
-        gens = [torch.Generator().manual_seed(s) for s in chunks[c]]
-        x = torch.stack([torch.randn(problem.shape, generator=g, dtype=torch.float64) for g in gens])
-        x = (x * problem.sigma_max).to(device)
-        if noise_mixing is not None:
-            noise = CorrelatedNoise(x, gens, noise_mixing)
-            out = run_method(method, problem.denoiser, x, grid, budget=budget, noise_sampler=noise)
-        else:
-            out = run_method(method, problem.denoiser, x, grid, budget=budget, generator=gens)
-        mine[c] = out.detach().to("cpu", torch.float64)
-    if world > 1:
-        gathered: list[dict] = [None] * world  # type: ignore[list-item]
-        dist.all_gather_object(gathered, mine)
-        for part in gathered:
-            mine.update(part)
-    missing = [c for c in range(len(chunks)) if c not in mine]
-    if missing:
-        raise RuntimeError(f"chunks {missing} were not generated")
-    return torch.cat([mine[c] for c in range(len(chunks))]).to(device) if chunks else torch.empty(0)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from .problems import PROBLEMS, get_problem
-    from .suite import _dist_metrics, make_grid, methods_for, plan_steps
+    from .suite import _dist_metrics
 
     parser = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.split("\n\n")[0])
     parser.add_argument("--problem", default="gmm-2d", choices=[p for p in PROBLEMS if p != "digits-net"])

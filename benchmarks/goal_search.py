@@ -19,7 +19,7 @@ import torch
 
 from ksampling import samplers, schedules
 
-from . import metrics, suite
+from . import metrics, runners
 from .problems import get_problem, initial_noise
 from .reference import reference_solution
 
@@ -43,22 +43,22 @@ def search(problems, nfe=10, seeds=range(1000, 1128), progress=print):
         x = initial_noise(problem, seeds)
         ref = reference_solution(problem, x)
         kd_best, kd_label = math.inf, None
-        for method in suite.methods_for(KDIFF_ODE):
+        for method in runners.methods_for(KDIFF_ODE):
             if method.impl != "k-diffusion":
                 continue
-            plan = suite.plan_steps(method, "karras", nfe, problem.sigma_min, problem.sigma_max)
-            err = metrics.rmse(suite.run_method(method, problem.denoiser, x.clone(), plan.grid, budget=nfe), ref)
+            plan = runners.plan_steps(method, "karras", nfe, problem.sigma_min, problem.sigma_max)
+            err = metrics.rmse(runners.run_method(method, problem.denoiser, x.clone(), plan.grid, budget=nfe), ref)
             if err < kd_best:
                 kd_best, kd_label = err, method.label
         progress(f"{name}: best k-diffusion at {nfe} NFE: {kd_label} {kd_best / problem.data_std:.3g}")
         for (solver, options), (sched, params) in itertools.product(SOLVERS, SCHEDULES):
             if solver not in samplers.available():
                 continue
-            method = suite.methods_for([solver], with_kdiff=False)[0]
+            method = runners.methods_for([solver], with_kdiff=False)[0]
             steps = nfe // method.nfe_per_step
             grid = _grid(sched, steps, problem.sigma_min, problem.sigma_max, **params)
-            counter = suite.CountingModel(problem.denoiser, x.shape[0])
-            out = suite.run_method(method, counter, x.clone(), grid, options=options)
+            counter = runners.CountingModel(problem.denoiser, x.shape[0])
+            out = runners.run_method(method, counter, x.clone(), grid, options=options)
             if counter.nfe > nfe:
                 continue
             key = (solver + (str(options) if options else ""), sched + (str(params) if params else ""))

@@ -6,7 +6,8 @@
 * distribution level: for Gaussian data every sampler here is affine in its initial noise and
   in the noise it draws, so its output is exactly Gaussian; :func:`affine_output_moments`
   recovers that Gaussian's mean and covariance by probing the sampler with basis vectors, and
-  :func:`gaussian_w2` / :func:`gaussian_kl` compare it with the true marginal. For mixtures:
+  :func:`gaussian_w2` / :func:`gaussian_kl` (from :mod:`ksampling.denoisers.analytic`; KL is
+  ``inf`` for a sampler that collapsed a direction) compare it with the true marginal. For mixtures:
   the negative log-likelihood of samples under the true density, and the total variation
   between the true mode weights and the fraction of samples nearest each mode;
 * :func:`fit_order`: the convergence order, minus the slope of log error against log NFE.
@@ -20,12 +21,14 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+# The exact distances between Gaussians live with the analytic denoisers (one implementation).
+from ksampling.denoisers.analytic import gaussian_kl, gaussian_w2
+
 __all__ = [
     "rmse",
     "median_sample_error",
     "gaussian_w2",
     "gaussian_kl",
-    "sqrtm_psd",
     "fit_order",
     "affine_output_moments",
     "ProbeNoise",
@@ -56,45 +59,6 @@ def median_sample_error(x, reference) -> float:
     x, reference = _np(x), _np(reference)
     per_sample = np.sqrt(np.mean((x - reference).reshape(len(x), -1) ** 2, axis=1))
     return float(np.median(per_sample))
-
-
-def sqrtm_psd(a) -> np.ndarray:
-    """The symmetric square root of a symmetric positive semi-definite matrix (eigh)."""
-    a = _np(a)
-    a = (a + a.T) / 2
-    w, v = np.linalg.eigh(a)
-    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
-
-
-def gaussian_w2(mean1, cov1, mean2, cov2) -> float:
-    """2-Wasserstein distance between N(m1, C1) and N(m2, C2) (Dowson & Landau 1982):
-
-    W2² = |m1 − m2|² + tr C1 + tr C2 − 2 tr (C2^½ C1 C2^½)^½.
-    """
-    mean1, cov1, mean2, cov2 = map(_np, (mean1, cov1, mean2, cov2))
-    root2 = sqrtm_psd(cov2)
-    cross = sqrtm_psd(root2 @ cov1 @ root2)
-    w2_sq = np.sum((mean1 - mean2) ** 2) + np.trace(cov1) + np.trace(cov2) - 2 * np.trace(cross)
-    return float(math.sqrt(max(w2_sq, 0.0)))
-
-
-def gaussian_kl(mean1, cov1, mean2, cov2) -> float:
-    """KL(N(m1, C1) ‖ N(m2, C2)) = ½ [tr(C2⁻¹C1) + (m2−m1)ᵀC2⁻¹(m2−m1) − d + ln det C2 − ln det C1].
-
-    ``inf`` when C1 is singular (a sampler that collapsed a direction).
-    """
-    mean1, cov1, mean2, cov2 = map(_np, (mean1, cov1, mean2, cov2))
-    d = mean1.shape[0]
-    chol2 = np.linalg.cholesky((cov2 + cov2.T) / 2)
-    sign1, logdet1 = np.linalg.slogdet((cov1 + cov1.T) / 2)
-    if sign1 <= 0:
-        return math.inf
-    logdet2 = 2 * np.sum(np.log(np.diag(chol2)))
-    solved = np.linalg.solve(chol2, cov1)
-    trace = np.trace(np.linalg.solve(chol2.T, solved))
-    diff = np.linalg.solve(chol2, mean2 - mean1)
-    kl = 0.5 * (trace + diff @ diff - d + logdet2 - logdet1)
-    return float(max(kl, 0.0))
 
 
 def fit_order(nfe: Sequence[float], errors: Sequence[float]) -> float | None:

@@ -29,6 +29,8 @@ import torch
 
 from ksampling.denoisers import analytic
 
+from .digits_net import digits_data, load_or_train
+
 __all__ = ["Problem", "PROBLEMS", "EXACT_PROBLEMS", "get_problem", "initial_noise", "digits_data"]
 
 SIGMA_MIN = 0.002
@@ -164,16 +166,6 @@ def gmm_64d(device="cpu") -> Problem:
                             weights, means, stds, device)
 
 
-def digits_data() -> np.ndarray:
-    """scikit-learn's 1797 8×8 digits (bundled with the package), scaled from 0..16 to [−1, 1],
-    as an array of shape (1797, 64)."""
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as exc:  # pragma: no cover - scikit-learn is a bench extra
-        raise ImportError("the digits problems need scikit-learn: pip install ksampling[bench]") from exc
-    return load_digits().data.astype(np.float64) / 8.0 - 1.0
-
-
 def digits(device="cpu") -> Problem:
     data = digits_data()
     denoiser = analytic.Empirical(_t(data, device))
@@ -190,8 +182,6 @@ def digits(device="cpu") -> Problem:
 
 
 def digits_net(device="cpu", *, progress: bool = True) -> Problem:
-    from .digits_net import load_or_train
-
     denoiser, meta = load_or_train(device=device, progress=progress)
     data = digits_data()
     return Problem(

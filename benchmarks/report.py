@@ -38,16 +38,6 @@ def _fmt_signed(value) -> str:
     return "-" if value is None else f"{value:+.3f}"
 
 
-def _metric_of(record) -> tuple[str, float | None]:
-    if record["kind"] == "ode" and "rel_rmse" in record:
-        return "rel_rmse", record["rel_rmse"]
-    if "w2" in record:
-        return "w2", record["w2"]
-    if "excess_nll" in record:
-        return "excess_nll", record["excess_nll"]
-    return "", None
-
-
 def _order_key(label: str) -> tuple:
     return (label.startswith("kd:"), label)
 

@@ -28,20 +28,19 @@ import platform
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 import ksampling
-from ksampling import samplers, schedules
-from ksampling.samplers.brownian import BrownianTreeNoiseSampler
-from ksampling.samplers.noise import GaussianNoise
 
-from . import kdiff, metrics
+from . import metrics
 from .problems import Problem, get_problem, initial_noise
 from .reference import reference_solution
+from .runners import (  # noqa: F401  (the runners were defined here; their names stay importable)
+    CountingModel, Method, Plan, dry_run, generate, make_grid, methods_for, plan_steps, run_method)
 
 __all__ = ["Method", "Config", "CountingModel", "methods_for", "plan_steps", "run_method", "run_suite", "make_grid"]
 
@@ -51,178 +50,6 @@ ADAPTIVE_RTOLS = (0.2, 0.1, 0.05, 0.02, 0.01, 0.005, 0.002, 1e-3, 3e-4, 1e-4)
 PICTURE_SOLVERS = ("euler", "heun", "dpmpp_2m", "unipc", "dpmpp_3m", "deis", "ipndm")
 GRID_FREE = "-"  # the schedule name recorded for solvers that choose their own steps
 EXACT_SAMPLES = 20000  # exact samples for the baseline NLL of the mixtures
-
-
-class CountingModel:
-    """Wraps a model and counts its evaluations: ``nfe`` = rows evaluated / batch size, so a
-    solver that calls the model on a half batch or on a doubled batch is counted right."""
-
-    def __init__(self, model: Callable, batch: int):
-        self.model = model
-        self.batch = batch
-        self.calls = 0
-        self.rows = 0
-
-    def __call__(self, x, sigma, **extra_args):
-        self.calls += 1
-        self.rows += x.shape[0]
-        return self.model(x, sigma, **extra_args)
-
-    @property
-    def nfe(self) -> float:
-        nfe = self.rows / self.batch
-        return int(nfe) if nfe == int(nfe) else nfe
-
-
-@dataclass(frozen=True)
-class Method:
-    """A solver of one implementation at its default settings."""
-
-    impl: str  # "ksampling" or "k-diffusion"
-    solver: str
-    kind: str  # "ode" (draws no noise) or "sde"
-    nfe_per_step: int
-    budget_option: str | None = None  # grid-free solvers that take the budget (dpm_fast: "nfe")
-    adaptive: bool = False  # grid-free solvers steered by tolerances (dpm_adaptive)
-    noise: str = "gaussian"  # the default noise: "gaussian" (i.i.d. per call) or "brownian" (a Brownian tree)
-
-    @property
-    def label(self) -> str:
-        return self.solver if self.impl == "ksampling" else f"kd:{self.solver}"
-
-    @property
-    def grid_free(self) -> bool:
-        return self.budget_option is not None or self.adaptive
-
-
-_KDIFF_NFE_PER_STEP = {"heun": 2, "dpm_2": 2, "dpm_2_ancestral": 2, "dpmpp_2s_ancestral": 2, "dpmpp_sde": 2}
-_KDIFF_BROWNIAN = ("dpmpp_sde", "dpmpp_2m_sde", "dpmpp_3m_sde")  # k-diffusion's Brownian-tree samplers
-
-
-def methods_for(solvers: Sequence[str], *, with_kdiff: bool = True) -> list[Method]:
-    """The ksampling solvers named (all registered ones if empty) and, with ``with_kdiff``,
-    k-diffusion's samplers of the same names."""
-    methods = []
-    for name in solvers:
-        cls = samplers.get(name)
-        meta = samplers.info(name)
-        kind = "sde" if cls().draws_noise else "ode"
-        fixed = meta.get("fixed_grid", True)
-        budget_option = "nfe" if (not fixed and "nfe" in meta["options"]) else None
-        methods.append(Method("ksampling", name, kind, int(meta["nfe_per_step"]), budget_option,
-                              adaptive=not fixed and budget_option is None, noise=cls.default_noise))
-    if with_kdiff and kdiff.available():
-        for name in kdiff.KDIFF_SAMPLERS:
-            if name not in solvers:
-                continue
-            kind = "sde" if name in kdiff.KDIFF_SDE else "ode"
-            methods.append(Method("k-diffusion", name, kind, _KDIFF_NFE_PER_STEP.get(name, 1),
-                                  "nfe" if name == "dpm_fast" else None, adaptive=name == "dpm_adaptive",
-                                  noise="brownian" if name in _KDIFF_BROWNIAN else "gaussian"))
-    return methods
-
-
-def make_grid(schedule: str, steps: int, sigma_min: float, sigma_max: float) -> list[float]:
-    """``steps + 1`` sigmas from σ_max to σ_min (the schedule's grid without its trailing 0)."""
-    grid = schedules.get(schedule, steps + 1, sigma_min, sigma_max).tolist()
-    if grid[-1] == 0.0:
-        grid = grid[:-1]
-    if len(grid) != steps + 1:
-        raise ValueError(f"schedule {schedule!r} gave {len(grid)} sigmas for {steps} steps")
-    return grid
-
-
-def run_method(method: Method, model: Callable, x: torch.Tensor, grid: Sequence[float], *, budget: int | None = None,
-               noise_sampler=None, generator=None, options: dict | None = None) -> torch.Tensor:
-    """Run one method from x (at grid[0]) down to grid[-1]."""
-    options = dict(options or {})
-    sigma_max, sigma_min = grid[0], grid[-1]
-    if method.budget_option:
-        options[method.budget_option] = budget
-    if method.impl == "ksampling":
-        sigmas = torch.tensor(list(grid) if not method.grid_free else [sigma_max, sigma_min],
-                              dtype=torch.float64, device=x.device)
-        kwargs = {}
-        if method.kind == "sde":
-            kwargs = {"noise_sampler": noise_sampler} if noise_sampler is not None else {"generator": generator}
-        return ksampling.sample(model, x, sigmas, method.solver, **kwargs, **options)
-    sampling = kdiff.load()
-    fn = getattr(sampling, f"sample_{method.solver}")
-    if method.kind == "sde":
-        if noise_sampler is None:
-            # k-diffusion's own default noise draws from the global RNG; give it the same kind of
-            # noise, from the run's generator(s)
-            if method.noise == "brownian":
-                noise_sampler = BrownianTreeNoiseSampler(x, sigma_min, sigma_max, generator=generator)
-            else:
-                noise_sampler = GaussianNoise(x, generator)
-        options["noise_sampler"] = noise_sampler
-    with torch.no_grad():
-        if method.solver == "dpm_fast":
-            return fn(model, x, sigma_min, sigma_max, options.pop("nfe"), disable=True, **options)
-        if method.solver == "dpm_adaptive":
-            return fn(model, x, sigma_min, sigma_max, disable=True, **options)
-        return fn(model, x, torch.tensor(list(grid), dtype=torch.float64, device=x.device), disable=True, **options)
-
-
-class _ZeroNoise:
-    """A noise sampler that returns zeros and records the intervals it was asked for."""
-
-    def __init__(self, like):
-        self.like = like
-        self.intervals: list[tuple[float, float]] = []
-
-    def __call__(self, sigma, sigma_next):
-        self.intervals.append((float(sigma), float(sigma_next)))
-        return torch.zeros_like(self.like)
-
-
-def dry_run(method: Method, grid: Sequence[float], budget: int | None = None) -> tuple[int, list]:
-    """(NFE, noise intervals) of one run on a trivial model (D = 0, one sample): fixed-grid
-    solvers' counts depend only on the grid, not on the model's values."""
-    x = torch.full((1, 1), grid[0], dtype=torch.float64)
-    model = CountingModel(lambda x, sigma: torch.zeros_like(x), 1)
-    noise = _ZeroNoise(x)
-    run_method(method, model, x, grid, budget=budget, noise_sampler=noise)
-    return model.nfe, noise.intervals
-
-
-@dataclass
-class Plan:
-    steps: int | None
-    grid: list[float]
-    nfe: int
-    intervals: list  # the (sigma, sigma_next) of every noise draw
-
-    def noise_mixing(self, noise: str) -> np.ndarray:
-        """L with L Lᵀ = the correlation of the draws (see metrics.affine_output_moments)."""
-        if noise == "brownian":
-            return metrics.mixing_matrix(metrics.brownian_correlation(self.intervals))
-        return np.eye(len(self.intervals))
-
-
-def plan_steps(method: Method, schedule: str, budget: int, sigma_min: float, sigma_max: float) -> Plan | None:
-    """The largest number of steps whose counted NFE fits in ``budget`` (None if none does)."""
-    if method.budget_option:
-        grid = [sigma_max, sigma_min]
-        nfe, intervals = dry_run(method, grid, budget)
-        return Plan(None, grid, nfe, intervals) if nfe <= budget else None
-    cache: dict[int, tuple[int, list]] = {}
-
-    def count(n):
-        if n not in cache:
-            cache[n] = dry_run(method, make_grid(schedule, n, sigma_min, sigma_max))
-        return cache[n]
-
-    n = max(1, budget // max(1, method.nfe_per_step))
-    while n > 1 and count(n)[0] > budget:
-        n -= 1
-    if count(n)[0] > budget:
-        return None
-    while count(n + 1)[0] <= budget:
-        n += 1
-    nfe, intervals = count(n)
-    return Plan(n, make_grid(schedule, n, sigma_min, sigma_max), nfe, intervals)
 
 
 @dataclass
@@ -277,7 +104,6 @@ def _dist_metrics(problem: Problem, samples: torch.Tensor) -> dict[str, float]:
 
 def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the configured benchmark; returns ``{"meta", "problems", "records", "pictures"}``."""
-    from .distributed import generate
 
     device = torch.device(config.device)
     methods = methods_for(config.solvers, with_kdiff=config.kdiff)

@@ -198,11 +198,18 @@ def kl_optimal(n: int, sigma_min: float, sigma_max: float, device="cpu") -> torc
     ``σ_i = tan((1 − t_i) · atan σ_max + t_i · atan σ_min)``,  t_i = i/(n−1),
 
     which minimises the KL-divergence upper bound for Euler on Gaussian (isotropic) data.
+
+    Computed without cancellation for any σ_max: tan θ near θ = π/2 loses the digits that
+    atan σ_max rounds away (σ_max = 1e17 came out as 1.6e16), so where σ_i ≥ 1 the same
+    angle is written as its complement, ``σ_i = 1/tan((1 − t_i) · atan(1/σ_max) + t_i · atan(1/σ_min))``
+    (π/2 − atan σ = atan(1/σ)).
     """
     n = _check_n(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     t = torch.linspace(0.0, 1.0, n, dtype=torch.float64)
-    return _finish(torch.tan((1 - t) * math.atan(sigma_max) + t * math.atan(sigma_min)), device)
+    angle = (1 - t) * math.atan(sigma_max) + t * math.atan(sigma_min)
+    complement = (1 - t) * math.atan(1 / sigma_max) + t * math.atan(1 / sigma_min)
+    return _finish(torch.where(angle < math.pi / 4, torch.tan(angle), 1 / torch.tan(complement)), device)
 
 
 # ----------------------------------------------------------------------------------------
@@ -314,13 +321,29 @@ def beta(
     i.e. the time grid is the quantiles of Beta(α, β), which for α = β = 0.6 puts steps
     densely at both ends of the trajectory; mapped linearly onto [σ_min, σ_max] as diffusers'
     ``use_beta_sigmas`` does (the quantile is computed here, without scipy).
+
+    The upper half is measured down from σ_max with the mirrored quantile
+    ``1 − F⁻¹_{α,β}(1 − t) = F⁻¹_{β,α}(t)``, so that no digits are lost to ``1 − tiny``.
+    Small α and β crowd the steps at both ends closer than float64 resolves (α = β = 0.01
+    puts 1 − 10⁻²⁰ among the quantiles); such a grid is not strictly descending and is
+    refused with a ``ValueError`` rather than returned with repeated sigmas.
     """
     n = _check_n(n)
     sigma_min, sigma_max = _check_range(sigma_min, sigma_max)
     alpha = _check_positive(alpha, "alpha")
     beta_ = _check_positive(beta, "beta")
-    quantiles = [beta_ppf(1.0 - t, alpha, beta_) for t in _ramp(n)]
-    return _finish([sigma_min + p * (sigma_max - sigma_min) for p in quantiles], device)
+    width = sigma_max - sigma_min
+    values = []
+    for t in _ramp(n):
+        from_max = beta_ppf(t, beta_, alpha)  # = 1 − F⁻¹_{α,β}(1 − t), accurate when small
+        values.append(sigma_max - from_max * width if from_max < 0.5 else sigma_min + beta_ppf(1.0 - t, alpha, beta_) * width)
+    for i in range(n - 1):
+        if not values[i] > values[i + 1]:
+            raise ValueError(
+                f"beta(alpha={alpha:g}, beta={beta_:g}) with n={n} puts steps {i} and {i + 1} closer together than "
+                f"float64 resolves (both sigma = {values[i]!r}); use larger alpha and beta or fewer steps"
+            )
+    return _finish(values, device)
 
 
 # ----------------------------------------------------------------------------------------

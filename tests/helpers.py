@@ -1,4 +1,5 @@
-"""Small shared test tools: a host-sync counter and closed-form toy denoisers.
+"""Small shared test tools: a host-sync counter, closed-form toy denoisers, starting noise,
+a table noise sampler, grids and the convergence-order fit.
 
 The toy denoisers here are written from the formulas directly, independently of
 ``ksampling.denoisers.analytic``, so the core tests do not check the library against itself.
@@ -6,10 +7,14 @@ The toy denoisers here are written from the formulas directly, independently of
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch.overrides import TorchFunctionMode
+
+# The convergence order: minus the least-squares slope of log(error) against log(N), one
+# implementation for the tests and the benchmarks.
+from benchmarks.metrics import fit_order as fitted_order  # noqa: F401
+
+F64 = torch.float64
 
 #: Tensor methods that copy a value to the host (a GPU->CPU sync on CUDA, and a break in
 #: CUDA-graph capture).
@@ -74,9 +79,26 @@ def karras_grid(n, sigma_min=0.002, sigma_max=80.0, rho=7.0, append_zero=True):
     return torch.tensor(sig, dtype=torch.float64)
 
 
-def fitted_order(ns, errors) -> float:
-    """Slope of −log(error) against log(N), least squares."""
-    xs = [math.log(n) for n in ns]
-    ys = [-math.log(e) for e in errors]
-    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-    return sum((a - mx) * (b - my) for a, b in zip(xs, ys)) / sum((a - mx) ** 2 for a in xs)
+def start(*shape, sigma_max=10.0, seed=0):
+    """Starting noise x = σ_max · n in float64, n from a generator seeded with ``seed``;
+    ``shape`` defaults to (2, 3)."""
+    return torch.randn(shape or (2, 3), dtype=F64, generator=torch.Generator().manual_seed(seed)) * sigma_max
+
+
+class TableNoise:
+    """A deterministic noise sampler: the k-th call returns the k-th tensor of a seeded table,
+    whatever implementation calls it (and whatever sigmas it asks for)."""
+
+    def __init__(self, shape, seed=0, count=64):
+        g = torch.Generator().manual_seed(seed)
+        self.table = [torch.randn(shape, dtype=F64, generator=g) for _ in range(count)]
+        self.calls = 0
+
+    def __call__(self, sigma, sigma_next):
+        self.calls += 1
+        return self.table[self.calls - 1]
+
+
+def rel_err(a, b):
+    """‖a − b‖ / ‖b‖."""
+    return float((a - b).norm() / b.norm())

@@ -331,6 +331,15 @@ def test_gaussian_kl_closed_forms():
     assert analytic.gaussian_kl(mean_p, random_cov(3, 1), mean_p, random_cov(3, 1)) == pytest.approx(0.0, abs=1e-13)
 
 
+def test_gaussian_kl_of_a_collapsed_direction_is_infinite():
+    # p on a line, q with a density: q gives p's support probability 0
+    q_cov = random_cov(2, 5)
+    assert analytic.gaussian_kl([0.0, 0.0], [[1.0, 1.0], [1.0, 1.0]], [0.1, 0.0], q_cov) == math.inf
+    assert analytic.gaussian_kl([0.0, 0.0], torch.zeros(2, 2), [0.0, 0.0], q_cov) == math.inf
+    with pytest.raises(ValueError, match="cov_p must be positive semi-definite"):
+        analytic.gaussian_kl([0.0, 0.0], [[1.0, 2.0], [2.0, 1.0]], [0.0, 0.0], q_cov)
+
+
 def test_gaussian_kl_against_monte_carlo():
     cov_p, cov_q = random_cov(2, 3), random_cov(2, 4)
     mean_p, mean_q = torch.tensor([0.2, -0.3], dtype=F64), torch.tensor([0.5, 0.1], dtype=F64)

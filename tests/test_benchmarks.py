@@ -138,16 +138,10 @@ def test_gaussian_metrics_closed_forms():
     kl = metrics.gaussian_kl([0.3], [[0.25]], [-0.2], [[2.0]])
     assert kl == pytest.approx(math.log(math.sqrt(2.0) / 0.5) + (0.25 + 0.25) / 4.0 - 0.5, rel=1e-12)
     assert metrics.gaussian_kl(mean, np.zeros((d, d)), mean, cov) == math.inf
-    # the library's own exact distances (written independently) agree
+    # one implementation: the benchmark measures with the library's exact distances
     from ksampling.denoisers import analytic
 
-    b = rng.normal(size=(d, d))
-    cov2 = b @ b.T + 0.2 * np.eye(d)
-    t = lambda v: torch.as_tensor(v, dtype=torch.float64)  # noqa: E731
-    assert metrics.gaussian_kl(mean, cov, shift, cov2) == pytest.approx(
-        float(analytic.gaussian_kl(t(mean), t(cov), t(shift), t(cov2))), rel=1e-8)
-    assert metrics.gaussian_w2(mean, cov, shift, cov2) == pytest.approx(
-        float(analytic.gaussian_w2(t(mean), t(cov), t(shift), t(cov2))), rel=1e-6)
+    assert metrics.gaussian_kl is analytic.gaussian_kl and metrics.gaussian_w2 is analytic.gaussian_w2
 
 
 def test_rmse_and_median_error():

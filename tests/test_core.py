@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ksampling
-from helpers import GaussianData, HostSyncCounter, SmoothToy, fitted_order, karras_grid
+from helpers import GaussianData, HostSyncCounter, SmoothToy, TableNoise, fitted_order, karras_grid
 from ksampling.denoisers.base import LearnedVariance
 from reference import k_diffusion
 
@@ -17,20 +17,6 @@ F64 = torch.float64
 
 def _noise(shape, seed, scale=1.0):
     return torch.randn(shape, dtype=F64, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-class TableNoise:
-    """A deterministic noise sampler: the k-th call returns the k-th tensor of a seeded table,
-    whatever implementation calls it."""
-
-    def __init__(self, shape, seed=0, count=64):
-        g = torch.Generator().manual_seed(seed)
-        self.table = [torch.randn(shape, dtype=F64, generator=g) for _ in range(count)]
-        self.calls = 0
-
-    def __call__(self, sigma, sigma_next):
-        self.calls += 1
-        return self.table[self.calls - 1]
 
 
 # -- parity with the real k-diffusion ---------------------------------------------------------

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import ksampling
-from helpers import HostSyncCounter, SmoothToy, karras_grid
+from helpers import HostSyncCounter, SmoothToy, TableNoise, karras_grid, start
 from ksampling.samplers import get
 from ksampling.samplers.dpm_solver import lagrange_exp_weights, phi, step_orders
 from ksampling.samplers.er_sde import _step_integrals, NOISE_SCALES
@@ -55,23 +55,6 @@ IDS = [f"{name}-{i}" for i, (name, _) in enumerate(CONFIGS)]
 def toy(x, sigma):
     s = sigma.reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
     return torch.tanh(x / (1 + s)) * (1 / (1 + 0.1 * s)) + 0.05 * torch.sin(3 * x) / (1 + s)
-
-
-def start(batch=2, dim=3, seed=0, scale=10.0):
-    return torch.randn(batch, dim, dtype=F64, generator=torch.Generator().manual_seed(seed)) * scale
-
-
-class ListNoise:
-    """The same pre-drawn N(0, I) noise for two runs, in order."""
-
-    def __init__(self, shape, seed=5, count=64):
-        g = torch.Generator().manual_seed(seed)
-        self.draws = [torch.randn(shape, dtype=F64, generator=g) for _ in range(count)]
-        self.i = 0
-
-    def __call__(self, sigma, sigma_next):
-        self.i += 1
-        return self.draws[self.i - 1]
 
 
 # -- host-side helpers ------------------------------------------------------------------------
@@ -278,8 +261,8 @@ def test_lagrange_and_divided_difference_forms_agree(grid):
 def test_er_sde_reverse_sde_first_stage_is_ddpm(grid):
     # φ(σ) = σ²: r = σ_next²/σ², noise std² = σ_next²(σ² − σ_next²)/σ², DDPM's posterior
     sigmas, x = GRIDS[grid](), start()
-    ours = ksampling.sample(toy, x.clone(), sigmas, "er_sde", noise_scale="sde", max_stage=1, noise_sampler=ListNoise(x.shape))
-    ref = ksampling.sample(toy, x.clone(), sigmas, "ddpm", variance="small", noise_sampler=ListNoise(x.shape))
+    ours = ksampling.sample(toy, x.clone(), sigmas, "er_sde", noise_scale="sde", max_stage=1, noise_sampler=TableNoise(x.shape, 5))
+    ref = ksampling.sample(toy, x.clone(), sigmas, "ddpm", variance="small", noise_sampler=TableNoise(x.shape, 5))
     torch.testing.assert_close(ours, ref, rtol=1e-12, atol=1e-12)
 
 
@@ -410,7 +393,7 @@ def test_er_sde_matches_the_algorithm_written_out(grid):
     def scale(v):
         return v * (math.exp(v**0.3) + 10.0)
 
-    noise = ListNoise(x.shape)
+    noise = TableNoise(x.shape, 5)
     ref, old_denoised, old_d = x.clone(), None, None
     for i in range(len(s) - 1):
         denoised = toy(ref, sigmas[i].expand(x.shape[0]))
@@ -432,7 +415,7 @@ def test_er_sde_matches_the_algorithm_written_out(grid):
             old_d = d
         ref = ref + noise(s[i], s[i + 1]) * math.sqrt(s[i + 1] ** 2 - s[i] ** 2 * r**2)
         old_denoised = denoised
-    ours = ksampling.sample(toy, x.clone(), sigmas, "er_sde", noise_sampler=ListNoise(x.shape))
+    ours = ksampling.sample(toy, x.clone(), sigmas, "er_sde", noise_sampler=TableNoise(x.shape, 5))
     torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-10)
 
 

@@ -194,6 +194,23 @@ def test_kl_optimal_uniform_in_arctan():
     assert_grid(schedules.kl_optimal(1, 0.03, 14.6), 1)
 
 
+@pytest.mark.parametrize("sigma_min, sigma_max", [(0.002, 80.0), (0.002, 1e10), (0.002, 1e17), (1e-8, 1e300), (0.5, 2.0)])
+def test_kl_optimal_keeps_full_precision_for_any_sigma_max(sigma_min, sigma_max):
+    # before: kl_optimal(5, 0.002, 1e17)[0] was 1.63e16 (tan near π/2 of a rounded angle)
+    mpmath = pytest.importorskip("mpmath")
+    n = 9
+    sigmas = schedules.kl_optimal(n, sigma_min, sigma_max)
+    assert_grid(sigmas, n)
+    with mpmath.workdps(700):  # atan(1e300) needs 300 digits to differ from π/2
+        exact = [
+            mpmath.tan((1 - mpmath.mpf(i) / (n - 1)) * mpmath.atan(sigma_max) + mpmath.mpf(i) / (n - 1) * mpmath.atan(sigma_min))
+            for i in range(n)
+        ]
+        errors = [abs(float(mpmath.mpf(ours) / value - 1)) for ours, value in zip(sigmas[:-1].tolist(), exact)]
+    assert max(errors) < 1e-14, errors
+    assert sigmas[0].item() == pytest.approx(sigma_max, rel=1e-15)
+
+
 def _nvidia_loglinear_interp(levels, num):
     # NVIDIA's AYS notes: interpolate log σ (ascending) over positions linspace(0, 1)
     xs = np.linspace(0, 1, len(levels))
@@ -256,6 +273,22 @@ def test_beta_schedule_matches_diffusers_mapping(n):
     skewed = schedules.beta(n, 0.1, 10.0, alpha=0.3, beta=2.0)
     quantiles = stats.beta.ppf(1 - np.linspace(0, 1, n), 0.3, 2.0)
     np.testing.assert_allclose(skewed[:-1].numpy(), 0.1 + quantiles * 9.9, rtol=1e-12)
+
+
+def test_beta_schedule_measures_its_upper_half_from_sigma_max():
+    stats = pytest.importorskip("scipy.stats")
+    n, a, b = 10, 0.1, 0.1
+    sigmas = schedules.beta(n, 0.002, 80.0, alpha=a, beta=b)
+    assert_grid(sigmas, n)
+    # 80 − σ_i near the top is (80 − 0.002)·F⁻¹_{β,α}(t_i), not 1 − (a number that rounded to 1)
+    upper = 80.0 - sigmas[1:3].numpy()
+    np.testing.assert_allclose(upper, 79.998 * stats.beta.ppf(np.linspace(0, 1, n)[1:3], b, a), rtol=1e-9)
+
+
+def test_beta_schedule_refuses_steps_closer_than_float64_resolves():
+    # before: beta(10, 0.002, 80, alpha=0.01, beta=0.01) returned 80, 80, 80, 80, ..., 0.002, 0.002
+    with pytest.raises(ValueError, match=r"alpha=0.01, beta=0.01.*steps 0 and 1.*larger alpha and beta or fewer steps"):
+        schedules.beta(10, 0.002, 80, alpha=0.01, beta=0.01)
 
 
 def test_beta_schedule_matches_diffusers_scheduler():

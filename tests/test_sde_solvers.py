@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import ksampling
-from helpers import GaussianData, HostSyncCounter, SmoothToy, fitted_order, karras_grid
+from helpers import GaussianData, HostSyncCounter, SmoothToy, fitted_order, karras_grid, rel_err, start
 from ksampling.samplers import available, info
 
 F64 = torch.float64
@@ -29,16 +29,8 @@ MINE = [
 FIXED_GRID = [name for name in MINE if name not in ("dpm_fast", "dpm_adaptive")]
 
 
-def start(batch=3, dim=4, sigma_max=10.0, seed=0):
-    return torch.randn(batch, dim, generator=torch.Generator().manual_seed(seed), dtype=F64) * sigma_max
-
-
 def forbidden(sigma, sigma_next):
     raise AssertionError("eta = 0 must draw no noise")
-
-
-def rel_err(a, b):
-    return float((a - b).norm() / b.norm())
 
 
 # (SDE form at eta = 0, its ODE counterpart): each pair must agree to round-off.
@@ -61,7 +53,7 @@ def test_eta_zero_equals_the_ode_solver(pair, to_zero):
     if ode not in available():
         pytest.skip(f"{ode} is not registered")
     grid = karras_grid(9, 0.05, 10.0, append_zero=to_zero)
-    x = start()
+    x = start(3, 4)
     a = ksampling.sample(SmoothToy(), x, grid, sde, noise_sampler=forbidden, **sde_options)
     b = ksampling.sample(SmoothToy(), x, grid, ode, **ode_options)
     assert rel_err(a, b) < 1e-13
@@ -69,7 +61,7 @@ def test_eta_zero_equals_the_ode_solver(pair, to_zero):
 
 def test_heun_variant_of_2m_sde_is_a_different_method():
     grid = karras_grid(9, 0.05, 10.0)
-    x = start()
+    x = start(3, 4)
     heun = ksampling.sample(SmoothToy(), x, grid, "dpmpp_2m_sde", eta=0.0, solver_type="heun")
     midpoint = ksampling.sample(SmoothToy(), x, grid, "dpmpp_2m_sde", eta=0.0)
     assert rel_err(heun, midpoint) > 1e-6
@@ -127,7 +119,7 @@ def test_lms_is_high_order():
 @pytest.mark.parametrize("to_zero", [True, False])
 def test_short_grids(name, steps, to_zero):
     grid = karras_grid(steps, 0.1, 10.0) if to_zero else karras_grid(steps + 1, 0.1, 10.0, append_zero=False)
-    x = start()
+    x = start(3, 4)
     options = {"eta": 1.0} if "eta" in ksampling.samplers.get(name).option_names() else {}
     out = ksampling.sample(SmoothToy(), x, grid, name, generator=torch.Generator().manual_seed(1), **options)
     assert out.shape == x.shape and torch.isfinite(out).all()
@@ -142,7 +134,7 @@ def test_no_host_syncs_per_step_with_brownian_noise(name):
     options = {"eta": 1.0} if "eta" in ksampling.samplers.get(name).option_names() else {}
     counts = []
     for n in (4, 12):
-        x = start()
+        x = start(3, 4)
         with HostSyncCounter() as counter:
             ksampling.sample(
                 SmoothToy(), x, karras_grid(n, 0.05, 10.0), name, generator=torch.Generator().manual_seed(1), **options
@@ -246,7 +238,7 @@ def test_off_grid_callbacks_report_the_solver_sigmas():
 )
 def test_bad_options_name_the_option(name, options, match):
     with pytest.raises((ValueError, TypeError), match=match):
-        ksampling.sample(SmoothToy(), start(), karras_grid(4, 0.05, 10.0), name, **options)
+        ksampling.sample(SmoothToy(), start(3, 4), karras_grid(4, 0.05, 10.0), name, **options)
 
 
 def test_metadata():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -29,6 +30,7 @@ from ksampling.denoisers import (
     present_as_network,
     v_ddpm,
 )
+from ksampling.denoisers.base import sigmas_checked_by_caller
 from reference import k_diffusion
 
 F64 = torch.float64
@@ -410,10 +412,75 @@ def test_wrapper_makes_no_host_syncs(process_name):
     x, sigma = _probe(process)
     edm = EDMPrecond(present_as_edm_network(_gaussian()))
     wrapped(x, sigma)  # tables copied to the device once
-    with HostSyncCounter() as counter:
+    with HostSyncCounter() as counter, sigmas_checked_by_caller():
         wrapped(x, sigma)
         edm(x, sigma)
     assert counter.count == 0, counter.names
+    # called directly, each checks its σ with one transfer
+    with HostSyncCounter() as counter:
+        wrapped(x, sigma)
+        edm(x, sigma)
+    assert counter.count == 2, counter.names
+
+
+def test_sampling_through_a_wrapper_makes_no_host_sync_per_step():
+    """The loop validates its grid once; the wrapper's per-call check of σ is skipped inside it."""
+    process = VPDiscrete()
+    wrapped = NetworkDenoiser(present_as_network(_gaussian(), process, "eps"), process, "eps")
+    x = torch.randn(2, 4, generator=torch.Generator().manual_seed(3), dtype=F64) * 10
+    counts = []
+    for steps in (4, 16):
+        with HostSyncCounter() as counter:
+            ksampling.sample(wrapped, x, ksampling.schedules.karras(steps, 0.1, 10.0).to(F64), "heun")
+        counts.append(counter.count)
+    assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize("sigma", [math.nan, -1.0, math.inf, [0.5, math.nan, 1.0], [0.5, -1e-3, 1.0], [1.0, math.inf, 1.0]],
+                         ids=str)
+@pytest.mark.parametrize("denoiser", ["network", "edm"])
+def test_a_sigma_that_is_no_noise_level_is_an_error(sigma, denoiser):
+    # before: NaN came back as NaN, and σ = −1 as finite garbage
+    if denoiser == "network":
+        model = NetworkDenoiser(present_as_network(_gaussian(), VPDiscrete(), "eps"), VPDiscrete(), "eps")
+    else:
+        model = EDMPrecond(present_as_edm_network(_gaussian()))
+    x = torch.ones(3, 4, dtype=F64)
+    sigma = torch.tensor(sigma, dtype=F64) if isinstance(sigma, list) else sigma
+    with pytest.raises(ValueError, match="sigma.*finite number >= 0"):
+        model(x, sigma)
+    if isinstance(sigma, torch.Tensor):
+        with pytest.raises(ValueError, match="sigma"):
+            model(x, sigma.to(torch.float32))
+
+
+def test_a_sigma_far_above_the_training_range_warns():
+    process = VPDiscrete()
+    wrapped = NetworkDenoiser(present_as_network(_gaussian(), process, "eps"), process, "eps")
+    x = torch.ones(2, 4, dtype=F64)
+    with pytest.warns(UserWarning, match=r"sigma = 10000 is above the network's training range \(sigma_max = 157.4"):
+        wrapped(x, torch.tensor([1.0, 1e4]).to(F64))
+    with pytest.warns(UserWarning, match="training range"):
+        ksampling.sample(wrapped, x * 1e4, ksampling.schedules.karras(3, 0.1, 1e4).to(F64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        # within the tolerance (float32 rounding of σ_max) and below: no warning
+        wrapped(x, torch.tensor([process.sigma_max * 1.001, 0.001]).to(F64))
+        ksampling.sample(wrapped, x * process.sigma_max, ksampling.schedules.karras(3, 0.1, process.sigma_max).to(F64))
+
+
+def test_the_loop_leaves_the_check_on_even_when_interrupted():
+    process = VPDiscrete()
+    wrapped = NetworkDenoiser(present_as_network(_gaussian(), process, "eps"), process, "eps")
+
+    def interrupting(x, sigma):
+        wrapped(x, sigma)
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        ksampling.sample(interrupting, torch.ones(2, 4, dtype=F64), ksampling.schedules.karras(3, 0.1, 10.0).to(F64))
+    with pytest.raises(ValueError, match="NaN"):
+        wrapped(torch.ones(2, 4, dtype=F64), torch.tensor([1.0, math.nan]).to(F64))
 
 
 @pytest.mark.parametrize("process_name, prediction", [("vp_discrete_interpolate", "v"), ("vp_discrete_interpolate", "mean"),
@@ -489,3 +556,17 @@ def test_learned_variance_needs_twice_the_channels():
 def test_x_must_be_floating_point():
     with pytest.raises(TypeError, match="x must be a floating-point"):
         NetworkDenoiser(lambda x, t: x, VE(), "eps")(torch.zeros(3, 4, dtype=torch.long), torch.ones(3))
+
+
+def test_no_check_while_torch_compile_traces(monkeypatch):
+    # a compiled graph must not read values back: the check is left to the caller there
+    from ksampling.denoisers.base import sigma_check_due
+
+    sigma = torch.tensor([1.0, math.nan], dtype=F64)
+    assert sigma_check_due(sigma)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert not sigma_check_due(sigma)
+    wrapped = NetworkDenoiser(lambda x, t: x, VE(), "eps")
+    with HostSyncCounter() as counter:
+        wrapped(torch.ones(2, 3, dtype=F64), sigma)
+    assert counter.count == 0

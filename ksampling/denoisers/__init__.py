@@ -2,13 +2,14 @@
 
 * :mod:`.processes`: noise processes (VE, VP discrete / continuous, rectified flow): σ ↔ the
   network's time and the network's input scaling.
-* :mod:`.wrappers`: prediction types (eps, x0, v, score, flow, mean, learned variances).
+* :mod:`.predictions`: prediction types (eps, x0, v, score, flow, mean, learned variances).
+* :mod:`.wrappers`: :class:`NetworkDenoiser`, a network of any process and prediction as D.
 * :mod:`.edm`: EDM preconditioning.
 * :mod:`.guidance`: classifier-free guidance.
 * :mod:`.analytic`: denoisers with exact answers (Dirac, Gaussian, mixture, ideal denoiser).
 """
 
-from . import analytic, edm, guidance, processes, wrappers
+from . import analytic, edm, guidance, predictions, processes, wrappers
 from .analytic import *  # noqa: F401,F403
 from .base import Denoiser, LearnedVariance
 from .edm import *  # noqa: F401,F403

@@ -574,7 +574,9 @@ def gaussian_kl(mean_p, cov_p, mean_q, cov_q) -> float:
 
     ``½ [tr(Σ_q⁻¹ Σ_p) + (μ_q − μ_p)ᵀ Σ_q⁻¹ (μ_q − μ_p) − d + ln det Σ_q − ln det Σ_p]``.
 
-    Covariances are ``[d, d]`` (or ``[d]`` diagonals) and must be positive definite.
+    Covariances are ``[d, d]`` (or ``[d]`` diagonals); Σ_q must be positive definite. A
+    singular (positive semi-definite) Σ_p gives ``inf``: p then lives on a subspace that q
+    gives probability 0 (a sampler that collapsed a direction).
     """
     mean_p, cov_p = _mean_cov(mean_p, cov_p, "p")
     mean_q, cov_q = _mean_cov(mean_q, cov_q, "q")
@@ -582,10 +584,11 @@ def gaussian_kl(mean_p, cov_p, mean_q, cov_q) -> float:
         raise ValueError(f"mean_p and mean_q must have the same size, got {mean_p.numel()} and {mean_q.numel()}")
     chol_p, info_p = torch.linalg.cholesky_ex(cov_p)
     chol_q, info_q = torch.linalg.cholesky_ex(cov_q)
-    if info_p.item() != 0:
-        raise ValueError("cov_p must be positive definite")
     if info_q.item() != 0:
         raise ValueError("cov_q must be positive definite")
+    if info_p.item() != 0:
+        _check_eigenvalues(torch.linalg.eigvalsh(cov_p), cov_p, "cov_p")
+        return math.inf
     # Σ_q⁻¹Σ_p through triangular solves: tr(Σ_q⁻¹Σ_p) = ‖L_q⁻¹ L_p‖²_F
     solved = torch.linalg.solve_triangular(chol_q, chol_p, upper=False)
     offset = torch.linalg.solve_triangular(chol_q, (mean_q - mean_p)[:, None], upper=False)

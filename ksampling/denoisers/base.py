@@ -2,13 +2,51 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import nn
 
-__all__ = ["Denoiser", "LearnedVariance"]
+from .predictions import present_as_network
+
+__all__ = ["Denoiser", "LearnedVariance", "sigmas_checked_by_caller", "sigma_check_due"]
+
+# Whether the sigmas a denoiser is called with were validated by its caller (the sampling loop
+# checks its grid once, on the host). A context variable, so that it is per thread and per task
+# and nothing global is left changed if a run is interrupted.
+_SIGMAS_CHECKED: ContextVar[bool] = ContextVar("ksampling_sigmas_checked", default=False)
+
+
+@contextmanager
+def sigmas_checked_by_caller(model=None, sigmas=None):
+    """Within this block, denoisers skip their per-call check of σ (finite, >= 0), which on a
+    GPU is a host sync: the caller promises that every σ passed to the model is valid.
+
+    :func:`ksampling.sample` enters it around its loop after validating the grid on the host.
+    If ``model`` has a ``check_sigma_range(sigma)`` method (:class:`~ksampling.denoisers.NetworkDenoiser`
+    has one), it is called once here with the largest of ``sigmas``, so that a grid that
+    starts above the network's training range is reported without a per-call sync.
+    """
+    check_range = getattr(model, "check_sigma_range", None)
+    if callable(check_range) and sigmas is not None and len(sigmas) > 0:
+        check_range(max(sigmas))
+    token = _SIGMAS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _SIGMAS_CHECKED.reset(token)
+
+
+def sigma_check_due(sigma: torch.Tensor) -> bool:
+    """Whether a denoiser should check a σ tensor on the host: not inside
+    :func:`sigmas_checked_by_caller`, not while ``torch.compile`` traces and not while a CUDA
+    graph is captured (where reading a value back is impossible)."""
+    if _SIGMAS_CHECKED.get() or torch.compiler.is_compiling():
+        return False
+    return not (sigma.is_cuda and torch.cuda.is_current_stream_capturing())
 
 
 @dataclass
@@ -43,6 +81,4 @@ class Denoiser(nn.Module):
         """Present this denoiser as a network of the given kind: a module
         ``network(x_in, t, **extra_args)`` that returns what an ideal ``prediction``-type
         network of ``process`` would (so that wrapping it gives back this denoiser)."""
-        from .wrappers import present_as_network
-
         return present_as_network(self, process, prediction, **kwargs)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from .base import Denoiser
-from .wrappers import _dims, _sigma_batch
+from .wrappers import _checked_sigma_batch, _dims
 
 __all__ = ["EDMPrecond", "edm_scalings", "edm_loss_weight", "edm_training_sigmas", "edm_loss", "present_as_edm_network"]
 
@@ -96,7 +96,7 @@ class EDMPrecond(Denoiser):
         self.sigma_max = float(sigma_max)
 
     def forward(self, x: torch.Tensor, sigma, **extra_args) -> torch.Tensor:
-        sigma = _sigma_batch(sigma, x)
+        sigma = _checked_sigma_batch(sigma, x)[0]
         c_skip, c_out, c_in, c_noise = edm_scalings(sigma, self.sigma_data)
         output = self.network(x * _dims(c_in, x.ndim), c_noise, **extra_args)
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:

@@ -1,66 +1,36 @@
-r"""Prediction types: turn a network's output into the denoiser D(x; σ), and back.
-
-A network of a :class:`~ksampling.denoisers.processes.NoiseProcess` is called as
-``network(x_net, t, **extra_args)`` with ``x_net = x · input_scale(σ)`` and
-``t = sigma_to_t(σ)``. Whatever it predicts is a reparameterisation of D (DESIGN.md): with
-``x = x0 + σ n`` in the VE state space, ``α`` the process's signal coefficient
-(``x_net = α x0 + s n``, ``s = σ α``) and ``F`` the network's output,
-
-| kind | what an ideal network outputs | D(x; σ) |
-|---|---|---|
-| eps | ε̂ = E[n \| x] (Ho et al. 2020) | `x − σ F` |
-| x0 | E[x0 \| x] ("sample") | `F` |
-| v | α ε̂ − s x̂0 (Salimans & Ho 2022) | `(x − σ F/α) / (1 + σ²)` |
-| score | ∇ log p(x_net), the network's own space (Song et al. 2021) | `x + σ² α F` (ε̂ = −s F) |
-| flow | n̂ − x̂0, the rectified-flow velocity | `(x − σ F)/(1 + σ) = x_t − t F` |
-| mean | μ of q(x_{t−1} \| x_t, x̂0) (DDPM's μ-parameterisation) | `(F − c1 x_net)/c0` |
-
-For the VP process (α = 1/√(1+σ²)) the v row is ``α² x − σ α F`` and the score row is
-``x + σ² α F = x − σ ε̂`` (score-SDE VP networks predict ∇ log p of ``x_vp``, −ε/s; for VE,
-α = 1, the VE-space score). For flow, ``x_t = x/(1+σ)`` and ``t = σ/(1+σ)``. The mean uses the
-posterior of the network's training step t → t − 1 (:meth:`VPDiscrete.posterior`), so it needs
-a discrete VP process.
+"""Wrap a network as the denoiser D(x; σ): :class:`NetworkDenoiser` calls it with its own
+input and time (:mod:`~ksampling.denoisers.processes`) and turns its output into D by the
+table of :mod:`~ksampling.denoisers.predictions`.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import math
+import warnings
 
-from .base import Denoiser, LearnedVariance
-from .processes import NoiseProcess
+import torch
+
+from .base import Denoiser, LearnedVariance, sigma_check_due
+from .predictions import (  # noqa: F401  (re-exported: the names of this module before the split)
+    LEARNED_VARIANCES,
+    PREDICTIONS,
+    PresentedNetwork,
+    _check_learned_variance,
+    _check_prediction,
+    _check_process,
+    _dims,
+    denoised_from_prediction,
+    prediction_from_denoised,
+    present_as_network,
+)
+from .processes import NoiseProcess, VPDiscrete
 
 __all__ = ["PREDICTIONS", "LEARNED_VARIANCES", "NetworkDenoiser", "present_as_network", "eps_ddpm", "v_ddpm"]
 
-PREDICTIONS = ("eps", "x0", "v", "score", "flow", "mean")
-LEARNED_VARIANCES = (None, "learned", "learned_range")
-
-
-def _check_process(process) -> NoiseProcess:
-    if not isinstance(process, NoiseProcess):
-        raise TypeError(f"process must be a ksampling.denoisers.NoiseProcess (VE, VPDiscrete, ...), got {type(process).__name__}")
-    return process
-
-
-def _check_prediction(prediction, process) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {', '.join(map(repr, PREDICTIONS))}; got {prediction!r}")
-    if prediction == "mean" and not process.discrete:
-        raise ValueError(
-            "prediction='mean' needs a discrete VP process (VPDiscrete): the mean of the reverse step is "
-            f"defined by its previous training step; got {type(process).__name__}"
-        )
-    return prediction
-
-
-def _check_learned_variance(learned_variance):
-    if learned_variance not in LEARNED_VARIANCES:
-        raise ValueError(f"learned_variance must be one of {LEARNED_VARIANCES}; got {learned_variance!r}")
-    return learned_variance
-
 
 def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
-    """σ as a ``[B]`` tensor on x's device (a number or a 0-d / 1-element tensor is broadcast)."""
+    """σ as a ``[B]`` tensor on x's device (a number or a 0-d / 1-element tensor is broadcast).
+    A number is checked (finite, >= 0) on the host for free; a tensor is not read."""
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}")
     if x.ndim < 1:
@@ -69,7 +39,7 @@ def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
     if not isinstance(sigma, torch.Tensor):
         if isinstance(sigma, bool) or not isinstance(sigma, (int, float)):
             raise TypeError(f"sigma must be a tensor of shape [B] or a number, got {type(sigma).__name__}")
-        return x.new_full((batch,), float(sigma))
+        return x.new_full((batch,), _check_sigma_values(float(sigma), float(sigma)))
     if sigma.numel() == 1 and sigma.ndim <= 1:
         return sigma.reshape(1).expand(batch)
     if sigma.ndim != 1 or sigma.shape[0] != batch:
@@ -77,64 +47,57 @@ def _sigma_batch(sigma, x: torch.Tensor) -> torch.Tensor:
     return sigma
 
 
-def _dims(value: torch.Tensor, ndim: int) -> torch.Tensor:
-    return value.reshape(value.shape + (1,) * (ndim - value.ndim))
+def _checked_sigma_batch(sigma, x: torch.Tensor) -> tuple[torch.Tensor, float | None]:
+    """``(σ as a [B] tensor, the largest σ or None)``, every σ checked to be finite and >= 0.
+
+    A tensor is checked with one transfer of its min and max, unless the caller already
+    validated it (the sampling loop does, so it makes no per-call host sync; see
+    :func:`~ksampling.denoisers.base.sigmas_checked_by_caller`); the largest σ is then None.
+    """
+    batch = _sigma_batch(sigma, x)
+    if not isinstance(sigma, torch.Tensor):
+        return batch, float(sigma)
+    if not sigma_check_due(batch):
+        return batch, None
+    low, high = torch.stack(torch.aminmax(batch)).tolist()  # one transfer; NaN propagates
+    return batch, _check_sigma_values(low, high)
 
 
-def denoised_from_prediction(kind, output, x, sigma, process, t=None):
-    """D(x; σ) from a network output of ``kind`` (see the module's table). ``sigma`` is ``[B]``."""
-    s = _dims(sigma, x.ndim)
-    if kind == "eps":
-        return torch.addcmul(x, s, output, value=-1)  # x − σ·ε in one pass
-    if kind == "x0":
-        return output
-    if kind == "v":
-        return (x - s * output / _dims(process.alpha(sigma), x.ndim)) / (1 + s**2)
-    if kind == "score":
-        return x + s**2 * _dims(process.alpha(sigma), x.ndim) * output
-    if kind == "flow":
-        return (x - s * output) / (1 + s)
-    if kind == "mean":
-        c0, c1, _ = process.posterior(process.sigma_to_t(sigma) if t is None else t)
-        x_net = x * _dims(process.input_scale(sigma), x.ndim)
-        return (output - _dims(c1.to(x.dtype), x.ndim) * x_net) / _dims(c0.to(x.dtype), x.ndim)
-    raise ValueError(f"unknown prediction {kind!r}")
-
-
-def prediction_from_denoised(kind, denoised, x, sigma, process, t=None):
-    """The output of an ideal ``kind`` network given the exact D (the inverse of
-    :func:`denoised_from_prediction`). Needs σ > 0 for eps, v, score and flow."""
-    s = _dims(sigma, x.ndim)
-    if kind == "eps":
-        return (x - denoised) / s
-    if kind == "x0":
-        return denoised
-    if kind == "v":
-        eps = (x - denoised) / s
-        return _dims(process.alpha(sigma), x.ndim) * (eps - s * denoised)
-    if kind == "score":
-        return -(x - denoised) / (s**2 * _dims(process.alpha(sigma), x.ndim))
-    if kind == "flow":
-        return (x - denoised) / s - denoised
-    if kind == "mean":
-        c0, c1, _ = process.posterior(process.sigma_to_t(sigma) if t is None else t)
-        x_net = x * _dims(process.input_scale(sigma), x.ndim)
-        return _dims(c0.to(x.dtype), x.ndim) * denoised + _dims(c1.to(x.dtype), x.ndim) * x_net
-    raise ValueError(f"unknown prediction {kind!r}")
+def _check_sigma_values(low: float, high: float) -> float:
+    """Raise unless every σ in [low, high] is a noise level (finite, >= 0); return ``high``."""
+    if math.isnan(low) or math.isnan(high):
+        raise ValueError("sigma contains NaN; a noise level must be a finite number >= 0")
+    if low < 0:
+        raise ValueError(f"sigma = {low:g} is negative; a noise level must be a finite number >= 0")
+    if math.isinf(high):
+        raise ValueError("sigma is inf; a noise level must be a finite number >= 0")
+    return high
 
 
 class NetworkDenoiser(Denoiser):
     """D(x; σ) from a network trained on ``process`` that predicts ``prediction``.
 
     ``network(x_net, t, **extra_args)`` gets ``x_net = x · process.input_scale(σ)`` and
-    ``t = process.sigma_to_t(σ)``; its output F becomes D by the module's table.
+    ``t = process.sigma_to_t(σ)``; its output F becomes D by the table of
+    :mod:`~ksampling.denoisers.predictions`.
 
     ``learned_variance`` (improved DDPM, Nichol & Dhariwal 2021): ``"learned"`` (log Σ) or
     ``"learned_range"`` (v ∈ [−1, 1] mixing log β and log β̃): the network then returns twice
     the channels of x on dim 1, the prediction first and the variance output second.
     :meth:`denoise_with_variance` returns both (the ``ddpm`` solver uses the variance);
     ``forward`` returns D only.
+
+    σ must be finite and >= 0 (a ``ValueError`` otherwise). Above the process's ``sigma_max``
+    the network is outside its training range (a discrete VP network is given its last
+    training time; for an ε-network D's error then grows like σ/σ_max, 0.7 at σ = 300 and 49
+    at σ = 10⁴ against σ_max = 157 on Gaussian data): more than 1% above it, a
+    ``UserWarning`` says so (:meth:`check_sigma_range`). Direct calls check every σ (one host transfer);
+    :func:`ksampling.sample` checks its grid once instead, so its loop makes no host sync.
     """
+
+    #: how far above ``sigma_max`` (relative) σ may go before :meth:`check_sigma_range` warns:
+    #: a grid computed in float32 from the network's own σ_max rounds above it by ~1e-7.
+    SIGMA_MAX_TOLERANCE = 0.01
 
     def __init__(self, network, process: NoiseProcess, prediction: str = "eps", learned_variance: str | None = None):
         super().__init__()
@@ -153,7 +116,9 @@ class NetworkDenoiser(Denoiser):
     def denoise_with_variance(self, x: torch.Tensor, sigma, **extra_args):
         """``(D, LearnedVariance | None)``: the denoised estimate and, for networks with a
         learned variance, their raw variance output."""
-        sigma = _sigma_batch(sigma, x)
+        sigma, largest = _checked_sigma_batch(sigma, x)
+        if largest is not None:
+            self.check_sigma_range(largest)
         t = self.process.sigma_to_t(sigma)
         x_net = x * _dims(self.process.input_scale(sigma).to(x.dtype), x.ndim)
         output = self.network(x_net, t, **extra_args)
@@ -172,70 +137,29 @@ class NetworkDenoiser(Denoiser):
             raise ValueError(f"the network returned shape {tuple(output.shape)}, expected x's shape {tuple(x.shape)}")
         return denoised_from_prediction(self.prediction, output, x, sigma, self.process, t), variance
 
+    def check_sigma_range(self, sigma: float) -> None:
+        """Warn if the noise level ``sigma`` (a float) lies more than
+        :attr:`SIGMA_MAX_TOLERANCE` above the process's ``sigma_max``."""
+        if sigma > self.sigma_max * (1 + self.SIGMA_MAX_TOLERANCE):
+            warnings.warn(
+                f"sigma = {sigma:g} is above the network's training range (sigma_max = {self.sigma_max:g} for "
+                f"{self.process!r}), where its denoised estimate is unreliable (a discrete VP network is given "
+                "the time of sigma_max). Start the grid at denoiser.sigma_max.",
+                UserWarning,
+                stacklevel=2,
+            )
+
     def extra_repr(self) -> str:
         extra = f", learned_variance={self.learned_variance!r}" if self.learned_variance else ""
         return f"process={self.process!r}, prediction={self.prediction!r}{extra}"
 
 
-class PresentedNetwork(nn.Module):
-    """A denoiser dressed as a ``prediction``-type network of ``process`` (see
-    :func:`present_as_network`)."""
-
-    def __init__(self, denoiser, process: NoiseProcess, prediction: str, learned_variance: str | None = None):
-        super().__init__()
-        if not callable(denoiser):
-            raise TypeError(f"denoiser must be callable, got {type(denoiser).__name__}")
-        self.denoiser = denoiser
-        self.process = _check_process(process)
-        self.prediction = _check_prediction(prediction, process)
-        self.learned_variance = _check_learned_variance(learned_variance)
-        if learned_variance == "learned" and not process.discrete:
-            raise ValueError(
-                "learned_variance='learned' can only be presented for a discrete VP process (its log β̃ needs "
-                f"the previous training step); got {type(process).__name__}. Use 'learned_range'."
-            )
-
-    def forward(self, x_net: torch.Tensor, t: torch.Tensor, **extra_args) -> torch.Tensor:
-        # The network knows only its own time: a rounded index stands for σ_k, and it reads
-        # its input as α(σ_k) x0 + s(σ_k) n, whatever σ the caller had in mind.
-        sigma = self.process.t_to_sigma(t).to(x_net.dtype)
-        x = x_net / _dims(self.process.input_scale(sigma), x_net.ndim)
-        denoised = self.denoiser(x, sigma, **extra_args)
-        output = prediction_from_denoised(self.prediction, denoised, x, sigma, self.process, t)
-        if self.learned_variance is None:
-            return output
-        if self.learned_variance == "learned_range":
-            # v = −1 selects log β̃, the variance of the true posterior q(x_{t−1} | x_t, x0)
-            value = -torch.ones_like(output)
-        else:
-            _, _, log_beta_tilde = self.process.posterior(t)
-            value = _dims(log_beta_tilde.to(output.dtype), output.ndim).expand_as(output)
-        return torch.cat([output, value], dim=1)
-
-
-def present_as_network(denoiser, process: NoiseProcess, prediction: str, learned_variance: str | None = None) -> nn.Module:
-    """The inverse of :class:`NetworkDenoiser`: a module ``network(x_net, t, **extra_args)``
-    that outputs what an ideal ``prediction``-type network of ``process`` would, given the
-    exact denoiser, so that ``NetworkDenoiser(present_as_network(D, p, k), p, k)(x, σ) == D(x, σ)``
-    (for a rounded discrete time: at the training sigmas; elsewhere it answers for σ_k).
-
-    With ``learned_variance`` the output carries a second half of channels: ``v = −1``
-    (``learned_range``, i.e. β̃) or log β̃ of the training step (``learned``, discrete VP
-    only, clipped at index 0 as improved DDPM does).
-    """
-    return PresentedNetwork(denoiser, process, prediction, learned_variance)
-
-
 def eps_ddpm(network, alphas_cumprod, time: str = "interpolate", learned_variance: str | None = None) -> NetworkDenoiser:
     """D(x; σ) for a discrete DDPM ε-network given its ``alphas_cumprod``
     (k-diffusion's ``DiscreteEpsDDPMDenoiser``; ``time="round"`` is its ``quantize=True``)."""
-    from .processes import VPDiscrete
-
     return NetworkDenoiser(network, VPDiscrete(alphas_cumprod=alphas_cumprod, time=time), "eps", learned_variance)
 
 
 def v_ddpm(network, alphas_cumprod, time: str = "interpolate") -> NetworkDenoiser:
     """D(x; σ) for a discrete v-network (k-diffusion's ``DiscreteVDDPMDenoiser``)."""
-    from .processes import VPDiscrete
-
     return NetworkDenoiser(network, VPDiscrete(alphas_cumprod=alphas_cumprod, time=time), "v")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 import torch
 from tqdm.auto import tqdm
 
+from ..denoisers.base import sigmas_checked_by_caller
 from .base import Solver, Step, make_solver
 from .noise import GaussianNoise
 
@@ -322,7 +323,8 @@ def sample(
     noise = _make_noise(solver_obj, x, sigmas_list, generator, noise_sampler)
     ctx = Context(model, x, sigmas, extra_args or {}, callback, noise, progress, check_finite)
     solver_obj.reset()
-    with torch.no_grad():
+    # The grid is validated: denoisers skip their per-call check of σ (a host sync on a GPU).
+    with torch.no_grad(), sigmas_checked_by_caller(model, sigmas_list):
         if len(sigmas_list) >= 2:
             steps = solver_obj.plan(sigmas_list)
             x = solver_obj.run(ctx, x, steps)
