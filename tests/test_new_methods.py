@@ -15,8 +15,8 @@ import pytest
 import torch
 
 import ksampling
-from helpers import karras_grid
-from test_high_order import ListNoise, start, toy  # the toy denoiser, start and pre-drawn noise of the solver tests
+from helpers import TableNoise as ListNoise, karras_grid, start  # shared start and pre-drawn noise
+from test_high_order import toy  # the toy denoiser of the solver tests
 from ksampling.denoisers import ClassifierFreeGuidance
 
 F64 = torch.float64
@@ -679,7 +679,7 @@ def test_restart_is_the_papers_algorithm_on_gaussian_data():
     """With many Heun steps the ODE parts are exact to ~1e-5 on Gaussian data (the jumps
     are of size ~3), so the result must be the closed-form chain: flow to the grid level nearest σ_min, jump to σ_max with
     the drawn noise, flow back to σ_min, twice, then flow to the end."""
-    data, x = Gaussian1(), start(batch=4)
+    data, x = Gaussian1(), start(4, 3)
     sigmas = karras_grid(400, 0.05, 10.0, append_zero=False)
     sig = sigmas.tolist()
     j = min(range(1, len(sig)), key=lambda k: abs(sig[k] - 0.3))
