@@ -686,9 +686,9 @@ def test_restart_is_the_papers_algorithm_on_gaussian_data():
     noise = ListNoise(x.shape)
     ours, info = ksampling.sample(data, x.clone(), sigmas, "restart", restarts=[(0.3, 3.0, 300, 2)],
                                   noise_sampler=noise, return_info=True)
-    assert noise.i == 2
+    assert noise.calls == 2
     exact = data.flow(x, sig[0], sig[j])
-    for draw in noise.draws[:2]:
+    for draw in noise.table[:2]:
         jumped = exact + math.sqrt(3.0**2 - sig[j] ** 2) * draw
         exact = data.flow(jumped, 3.0, sig[j])
     exact = data.flow(exact, sig[j], sig[-1])
