@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .base import Solver, check_choice, check_nonnegative, register
+from .base import Solver, register
+from .validation import check_choice, check_nonnegative
 from .common import ancestral_step
 
 

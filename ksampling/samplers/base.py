@@ -183,25 +183,5 @@ def info(name: str) -> dict[str, Any]:
     return get(name).describe()
 
 
-# -- helpers for solver option validation --------------------------------------------------
-def check_nonnegative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        span = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{name} must be {span}, got {value}")
-    return value
+# Option validators live in .validation; re-exported here for the modules that import them from base.
+from .validation import check_choice, check_int, check_nonnegative  # noqa: E402,F401

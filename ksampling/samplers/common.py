@@ -1,10 +1,38 @@
-"""Host-side math shared by several solvers (plain Python floats, float64)."""
+"""Machinery shared by several solvers.
+
+* host-side math in plain Python floats (float64): the ancestral split, EDM's churn factor,
+  the log-σ step, the φ-functions of the exponential integrators, Lagrange/Adams weights and
+  the order a multistep method uses at step i;
+* the one tensor helper the weighted updates share, :func:`linear_combination`;
+* two small solver bases: :class:`Stochastic` (eta / s_noise options and the noise line) and
+  :class:`Multistep` (the history of earlier model outputs).
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
-__all__ = ["ancestral_step", "churn_gamma", "log_sigma_step"]
+import numpy as np
+import torch
+
+from .base import Solver
+from .validation import check_nonnegative
+
+__all__ = [
+    "ancestral_step",
+    "churn_gamma",
+    "log_sigma_step",
+    "phi",
+    "lagrange_exp_weights",
+    "step_order",
+    "step_orders",
+    "degenerate_ratio",
+    "linear_combination",
+    "Stochastic",
+    "Multistep",
+    "MIN_STEP_RATIO",
+]
 
 
 def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[float, float]:
@@ -33,3 +61,145 @@ def churn_gamma(sigma: float, n_steps: int, s_churn: float, s_tmin: float, s_tma
 def log_sigma_step(sigma: float, sigma_next: float) -> float:
     """h = λ_next − λ with λ = −log σ (infinite for a step to sigma = 0)."""
     return math.inf if sigma_next == 0.0 else math.log(sigma / sigma_next)
+
+
+def phi(k: int, z: float) -> float:
+    """φ_k(z) = ∫_0^1 e^{(1−θ) z} θ^{k−1}/(k−1)! dθ, with φ_0(z) = e^z.
+
+    Recurrence φ_{k+1}(z) = (φ_k(z) − 1/k!) / z for |z| >= 1; the power series
+    Σ_j z^j / (j + k)! near 0, where the recurrence would cancel.
+    """
+    if k == 0:
+        return math.exp(z)
+    if abs(z) < 1.0:
+        term = 1.0 / math.factorial(k)
+        total = term
+        for j in range(1, 40):
+            term *= z / (j + k)
+            total += term
+        return total
+    value = math.expm1(z) / z
+    for j in range(1, k):
+        value = (value - 1.0 / math.factorial(j)) / z
+    return value
+
+
+def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
+    """Weights ``w_j = ∫_0^1 e^{z(1−θ)} ℓ_j(θ) dθ`` of the Lagrange basis ℓ_j on ``nodes``.
+
+    With the nodes in units of the step (θ_j = (t_j − t)/(t_next − t)), ``Σ_j w_j f_j`` is the
+    exact exponentially weighted integral of the polynomial through the points (θ_j, f_j):
+    the Adams–Bashforth rule of an exponential integrator (z = −h for data prediction,
+    z = h for noise prediction, z = 0 for a plain Adams–Bashforth step).
+    Uses ``∫_0^1 e^{z(1−θ)} θ^k dθ = k! φ_{k+1}(z)``.
+    """
+    nodes = [float(t) for t in nodes]
+    moments = [math.factorial(k) * phi(k + 1, z) for k in range(len(nodes))]
+    weights = []
+    for j, node in enumerate(nodes):
+        others = [t for m, t in enumerate(nodes) if m != j]
+        denominator = math.prod(node - t for t in others)
+        # monomial coefficients (lowest degree first) of prod_{m != j} (θ − θ_m)
+        coeffs = np.polynomial.polynomial.polyfromroots(others) if others else np.array([1.0])
+        weights.append(float(np.dot(coeffs, moments[: len(coeffs)])) / denominator)
+    return weights
+
+
+#: A multistep method extrapolates from earlier points; when two neighbouring steps differ in
+#: size by more than this factor (e.g. a step of relative size 1e-12 left by float32
+#: rounding or an edited grid) its divided differences divide round-off by the tiny gap and
+#: blow up as 1/gap. :func:`step_order` then lowers the order to what the history supports.
+MIN_STEP_RATIO = 1e-4
+
+
+def degenerate_ratio(h: float, h_other: float) -> bool:
+    """Whether two step sizes (in the solver's own variable) differ by more than
+    1/:data:`MIN_STEP_RATIO`, so that extrapolating across them amplifies round-off."""
+    small, large = sorted((abs(h), abs(h_other)))
+    return not small > MIN_STEP_RATIO * large
+
+
+def step_order(
+    i: int,
+    n_steps: int,
+    order: int,
+    lower_order_final: bool = False,
+    below: float = math.inf,
+    step_sizes: Sequence[float] | None = None,
+) -> int:
+    """The order step i of a multistep method uses.
+
+    Step i has at most i + 1 points of history (warm-up with lower orders). With
+    ``lower_order_final`` and fewer than ``below`` steps, step i also uses at most
+    ``n_steps − i`` points, so the last step is first order and the one before second order
+    (DPM-Solver, UniPC, DEIS do this: high-order steps at the smallest σ are unstable when
+    the steps are few and large).
+
+    With ``step_sizes`` (the steps of the grid in the solver's variable, e.g. h in λ), the
+    history also stops at a degenerate step ratio (:func:`degenerate_ratio`): a point across
+    a step much smaller or much larger than its neighbour is not used.
+    """
+    p = min(order, i + 1)
+    if lower_order_final and n_steps < below:
+        p = min(p, n_steps - i)
+    if step_sizes is not None:
+        # using k points of history spans the steps i−1, …, i−k+1; each must be comparable
+        # to the step after it (i.e. to the current step for the newest)
+        for k in range(1, p):
+            if degenerate_ratio(step_sizes[i - k], step_sizes[i - k + 1]):
+                p = k
+                break
+    return p
+
+
+def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float) -> list[int]:
+    """:func:`step_order` for every step of a grid of ``n_steps`` steps."""
+    return [step_order(i, n_steps, order, lower_order_final, below) for i in range(n_steps)]
+
+
+def linear_combination(x, x_weight: float, tensors: Sequence, weights: Sequence[float]):
+    """``x_weight·x + Σ_j weights[j]·tensors[j]`` with host-side float weights (zeros skipped)."""
+    out = x * x_weight
+    for tensor, weight in zip(tensors, weights):
+        if weight != 0.0:
+            out = torch.add(out, tensor, alpha=weight)
+    return out
+
+
+class Stochastic(Solver):
+    """A solver with ``eta`` (how much of each step is stochastic) and ``s_noise`` (the scale of
+    the fresh noise). It draws noise only when both are > 0."""
+
+    kind = "sde"
+
+    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
+        self.eta = check_nonnegative("eta", eta)
+        self.s_noise = check_nonnegative("s_noise", s_noise)
+
+    @property
+    def draws_noise(self) -> bool:
+        return self.eta > 0 and self.s_noise > 0
+
+    @staticmethod
+    def add_noise(ctx, x, step, std: float | None = None):
+        """x + std · z for the step σ → σ_next (``std`` defaults to ``step.noise_std``, which
+        :meth:`Solver.coefficients` computes with ``s_noise`` in it); nothing when it is 0."""
+        std = step.noise_std if std is None else std
+        if std == 0.0:
+            return x
+        return ctx.add_noise(x, std, step.sigma, step.sigma_next)
+
+
+class Multistep(Solver):
+    """History of earlier model outputs (or their derivatives), newest first, for the
+    multistep solvers; :meth:`reset` starts each run with none."""
+
+    multistep = True
+
+    def reset(self) -> None:
+        self.history: list = []
+
+    def remember(self, value, keep: int) -> list:
+        """Put ``value`` first in the history and keep the newest ``keep``; returns the history."""
+        self.history = [value] + self.history[: keep - 1]
+        return self.history

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, check_choice, check_int, register
-from .dpm_solver import check_bool, check_threshold, lagrange_exp_weights, linear_combination, step_order
+from .base import Solver, register
+from .common import lagrange_exp_weights, linear_combination, step_order
+from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["DEIS"]
 

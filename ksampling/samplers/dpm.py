@@ -33,7 +33,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .ancestral import _Ancestral
-from .base import Solver, Step, check_int, check_nonnegative, register
+from .base import Solver, Step, register
+from .validation import check_int, check_nonnegative, check_positive, check_real
 from .common import ancestral_step
 from .euler import _ChurnSolver
 
@@ -201,14 +202,6 @@ def _denoise_once(ctx, x, sigma: float):
     return ctx.denoise(x, sigma)
 
 
-def _check_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
 class _OffGrid(Solver):
     """A solver that steps between sigmas of its own (it overrides :meth:`Solver.run`). Its
     Steps carry ``on_grid=False``: the callback then reports ``step.sigma`` instead of the
@@ -317,7 +310,11 @@ class PIDStepSizeController:
             self.inv_errors = [inv_error] * 3
         self.inv_errors[0] = inv_error
         e0, e1, e2 = self.inv_errors
-        factor = 1 + math.atan(e0**self.b1 * e1**self.b2 * e2**self.b3 - 1)
+        try:
+            product = e0**self.b1 * e1**self.b2 * e2**self.b3
+        except (OverflowError, ZeroDivisionError):  # only for extreme errors and coefficients
+            product = math.inf
+        factor = 1 + math.atan(product - 1)
         accept = factor >= self.accept_safety
         if accept:
             self.inv_errors = [e0, e0, e1]
@@ -339,6 +336,10 @@ class DPMAdaptive(_OffGrid):
     (one number for the whole batch, as in k-diffusion) drives a :class:`PIDStepSizeController`
     (``order`` 1.5 when eta > 0). An accepted attempt moves to ``x_high``; ``eta > 0`` adds
     ancestral noise as in ``dpm_fast``.
+
+    The controller options are checked: ``h_init`` > 0 and finite, ``accept_safety`` in
+    [0, 1], ``pcoeff + icoeff + dcoeff > 0``; ``max_attempts`` (10 000) bounds the attempts,
+    and a run that needs more, or whose step size underflows, raises a ``RuntimeError``.
 
     Reading E is one host sync per attempt: the step-size control needs it. NFE, accepted and
     rejected attempts are returned in ``sample(..., return_info=True)``. The run ends at σ_min
@@ -362,6 +363,7 @@ class DPMAdaptive(_OffGrid):
         accept_safety: float = 0.81,
         eta: float = 0.0,
         s_noise: float = 1.0,
+        max_attempts: int = 10_000,
     ):
         super().__init__(eta, s_noise)
         self.solver_order = check_int("order", order, 2, 3)
@@ -369,11 +371,19 @@ class DPMAdaptive(_OffGrid):
         self.atol = check_nonnegative("atol", atol)
         if self.rtol == 0 and self.atol == 0:
             raise ValueError("rtol and atol cannot both be 0")
-        self.h_init = check_nonnegative("h_init", h_init)
-        if self.h_init == 0:
-            raise ValueError("h_init must be > 0")
-        self.pcoeff, self.icoeff, self.dcoeff = (_check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
-        self.accept_safety = check_nonnegative("accept_safety", accept_safety)
+        self.h_init = check_positive("h_init", h_init)
+        self.pcoeff, self.icoeff, self.dcoeff = (check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
+        if not self.pcoeff + self.icoeff + self.dcoeff > 0:
+            # β₁ = (p + i + d)/order is the exponent of the newest error: with β₁ <= 0 a larger
+            # error makes a larger step and the controller never settles
+            raise ValueError(
+                f"pcoeff + icoeff + dcoeff must be > 0 (the step must shrink when the error grows), "
+                f"got {self.pcoeff} + {self.icoeff} + {self.dcoeff}"
+            )
+        # factor = 1 + atan(·) lies in (1 − π/4, 1 + π/2): accept_safety > 1 would reject steps
+        # while growing them, and above 1 + π/2 nothing is ever accepted
+        self.accept_safety = check_real("accept_safety", accept_safety, low=0.0, high=1.0)
+        self.max_attempts = check_int("max_attempts", max_attempts, 1)
 
     def run(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
@@ -389,6 +399,15 @@ class DPMAdaptive(_OffGrid):
         attempts = accepted = rejected = 0
         bar = tqdm(desc="dpm_adaptive", unit="attempt", leave=False, disable=not ctx.show_progress)
         while lam < lam_end - 1e-5:
+            if attempts == self.max_attempts or not lam + pid.h > lam:
+                bar.close()
+                raise RuntimeError(
+                    f"dpm_adaptive stopped after {attempts} attempts ({accepted} accepted) at "
+                    f"sigma={_sigma(lam):g}, short of sigma_min={sigma_min:g} (step size h={pid.h:g} "
+                    f"in log sigma); the tolerances "
+                    f"rtol={self.rtol:g}, atol={self.atol:g} may be unreachable for this model, or "
+                    f"raise max_attempts={self.max_attempts}"
+                )
             lam_next = min(lam_end, lam + pid.h)
             lam_target, noise_std = _ancestral_target(lam, lam_next, lam_end, self.eta)
             step = Step(
@@ -404,7 +423,8 @@ class DPMAdaptive(_OffGrid):
             if not math.isfinite(error):
                 raise ValueError(
                     f"dpm_adaptive: the error estimate is {error} at sigma={step.sigma:g}; "
-                    "the model returned non-finite values or atol = 0 met a zero state"
+                    "the model returned non-finite values, or the tolerances (rtol, atol) are so small "
+                    "that the scaled error overflows, or atol = 0 met a zero state"
                 )
             if pid.propose_step(error):
                 x_prev = x_low

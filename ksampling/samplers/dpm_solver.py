@@ -19,121 +19,14 @@ from __future__ import annotations
 import math
 from typing import Sequence
 
-import numpy as np
-import torch
+from .base import Solver, register
+from .common import log_sigma_step, phi, step_order
+from .validation import check_bool, check_choice, check_fraction, check_int, check_threshold
 
-from .base import Solver, check_choice, check_int, register
-from .common import log_sigma_step
+# The shared helpers used to live here; adams.py and res_multistep.py still import them from here.
+from .common import lagrange_exp_weights, linear_combination, step_orders  # noqa: E402,F401
 
-__all__ = [
-    "phi",
-    "lagrange_exp_weights",
-    "step_order",
-    "step_orders",
-    "check_bool",
-    "check_fraction",
-    "check_threshold",
-    "linear_combination",
-    "DPMSolver",
-    "DPMSolverPP3M",
-]
-
-
-# -- host-side helpers (plain float64) ------------------------------------------------------
-def phi(k: int, z: float) -> float:
-    """φ_k(z) = ∫_0^1 e^{(1−θ) z} θ^{k−1}/(k−1)! dθ, with φ_0(z) = e^z.
-
-    Recurrence φ_{k+1}(z) = (φ_k(z) − 1/k!) / z for |z| >= 1; the power series
-    Σ_j z^j / (j + k)! near 0, where the recurrence would cancel.
-    """
-    if k == 0:
-        return math.exp(z)
-    if abs(z) < 1.0:
-        term = 1.0 / math.factorial(k)
-        total = term
-        for j in range(1, 40):
-            term *= z / (j + k)
-            total += term
-        return total
-    value = math.expm1(z) / z
-    for j in range(1, k):
-        value = (value - 1.0 / math.factorial(j)) / z
-    return value
-
-
-def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
-    """Weights ``w_j = ∫_0^1 e^{z(1−θ)} ℓ_j(θ) dθ`` of the Lagrange basis ℓ_j on ``nodes``.
-
-    With the nodes in units of the step (θ_j = (t_j − t)/(t_next − t)), ``Σ_j w_j f_j`` is the
-    exact exponentially weighted integral of the polynomial through the points (θ_j, f_j):
-    the Adams–Bashforth rule of an exponential integrator (z = −h for data prediction,
-    z = h for noise prediction, z = 0 for a plain Adams–Bashforth step).
-    Uses ``∫_0^1 e^{z(1−θ)} θ^k dθ = k! φ_{k+1}(z)``.
-    """
-    nodes = [float(t) for t in nodes]
-    moments = [math.factorial(k) * phi(k + 1, z) for k in range(len(nodes))]
-    weights = []
-    for j, node in enumerate(nodes):
-        others = [t for m, t in enumerate(nodes) if m != j]
-        denominator = math.prod(node - t for t in others)
-        # monomial coefficients (lowest degree first) of prod_{m != j} (θ − θ_m)
-        coeffs = np.polynomial.polynomial.polyfromroots(others) if others else np.array([1.0])
-        weights.append(float(np.dot(coeffs, moments[: len(coeffs)])) / denominator)
-    return weights
-
-
-def step_order(i: int, n_steps: int, order: int, lower_order_final: bool, below: float) -> int:
-    """The order step i of a multistep method uses.
-
-    Step i has at most i + 1 points of history (warm-up with lower orders). With
-    ``lower_order_final`` and fewer than ``below`` steps, step i also uses at most
-    ``n_steps − i`` points, so the last step is first order and the one before second order
-    (DPM-Solver, UniPC, DEIS do this: high-order steps at the smallest σ are unstable when
-    the steps are few and large).
-    """
-    p = min(order, i + 1)
-    if lower_order_final and n_steps < below:
-        p = min(p, n_steps - i)
-    return p
-
-
-def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float) -> list[int]:
-    """:func:`step_order` for every step of a grid of ``n_steps`` steps."""
-    return [step_order(i, n_steps, order, lower_order_final, below) for i in range(n_steps)]
-
-
-def check_bool(name: str, value) -> bool:
-    """A solver option that must be True or False (TypeError naming it otherwise)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return value
-
-
-def check_fraction(name: str, value) -> float:
-    """A number strictly between 0 and 1 (singlestep intermediate points r1, r2)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
-    return float(value)
-
-
-def check_threshold(name: str, value) -> float:
-    """A number of steps >= 1, or ``math.inf`` (``lower_order_final_below``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of steps, got {type(value).__name__}")
-    if math.isnan(value) or value < 1:
-        raise ValueError(f"{name} must be >= 1 (a number of steps, or math.inf for always), got {value}")
-    return float(value)
-
-
-def linear_combination(x, x_weight: float, tensors: Sequence, weights: Sequence[float]):
-    """``x_weight·x + Σ_j weights[j]·tensors[j]`` with host-side float weights (zeros skipped)."""
-    out = x * x_weight
-    for tensor, weight in zip(tensors, weights):
-        if weight != 0.0:
-            out = torch.add(out, tensor, alpha=weight)
-    return out
+__all__ = ["DPMSolver", "DPMSolverPP3M"]
 
 
 # -- singlestep DPM-Solver ----------------------------------------------------------------

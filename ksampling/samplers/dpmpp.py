@@ -31,7 +31,8 @@ import math
 
 import torch
 
-from .base import Solver, check_choice, check_nonnegative, register
+from .base import Solver, register
+from .validation import check_choice, check_nonnegative
 from .common import ancestral_step, log_sigma_step
 
 __all__ = ["dpmpp_first_order"]

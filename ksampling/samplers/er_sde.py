@@ -7,8 +7,9 @@ from typing import Callable
 
 import numpy as np
 
-from .base import Solver, check_int, check_nonnegative, register
-from .dpm_solver import linear_combination
+from .base import Solver, register
+from .validation import check_int, check_nonnegative
+from .common import linear_combination
 
 __all__ = ["ERSDE", "NOISE_SCALES"]
 

@@ -11,7 +11,8 @@ import math
 
 import torch
 
-from .base import Solver, check_nonnegative, register
+from .base import Solver, register
+from .validation import check_nonnegative
 from .common import churn_gamma
 
 
@@ -21,7 +22,7 @@ class _ChurnSolver(Solver):
     def __init__(self, s_churn: float = 0.0, s_tmin: float = 0.0, s_tmax: float = math.inf, s_noise: float = 1.0):
         self.s_churn = check_nonnegative("s_churn", s_churn)
         self.s_tmin = check_nonnegative("s_tmin", s_tmin)
-        self.s_tmax = check_nonnegative("s_tmax", s_tmax)
+        self.s_tmax = check_nonnegative("s_tmax", s_tmax, allow_inf=True)
         self.s_noise = check_nonnegative("s_noise", s_noise)
 
     @property

@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import Solver, check_int, register
+from .base import Solver, register
+from .validation import check_int
 
 __all__ = ["lms_coefficients"]
 

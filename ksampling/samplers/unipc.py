@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-from .base import Solver, check_choice, check_int, register
-from .dpm_solver import check_bool, check_threshold, linear_combination, phi, step_order
+from .base import Solver, register
+from .common import linear_combination, phi, step_order
+from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["UniPC", "unipc_weights"]
 

@@ -1,0 +1,123 @@
+"""Robustness of the solvers: bad options fail fast, degenerate grids do not blow up.
+
+Every former hang runs under :func:`deadline`, so a regression fails the test instead of
+stalling the suite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import threading
+
+import pytest
+import torch
+
+import ksampling
+from helpers import GaussianData, karras_grid
+
+F64 = torch.float64
+
+
+@contextlib.contextmanager
+def deadline(seconds: float):
+    """Raise TimeoutError in the main thread if the block runs longer than ``seconds``
+    (SIGALRM: Linux/macOS main thread; elsewhere the block runs without a deadline)."""
+    usable = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if not usable:
+        yield
+        return
+
+    def on_alarm(signum, frame):
+        raise TimeoutError(f"still running after {seconds} s: a hang")
+
+    previous = signal.signal(signal.SIGALRM, on_alarm)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _data():
+    return GaussianData([0.5, -1.0, 0.0], [0.3, 2.0, 1.0])
+
+
+def _start(batch=2, sigma_max=80.0, dtype=F64):
+    g = torch.Generator().manual_seed(0)
+    return (torch.randn(batch, 3, generator=g, dtype=F64) * sigma_max).to(dtype)
+
+
+# -- dpm_adaptive: every controller option is checked, and the attempts are bounded -----------
+@pytest.mark.parametrize(
+    "options, match",
+    [
+        (dict(h_init=math.inf), "h_init"),
+        (dict(h_init=0.0), "h_init"),
+        (dict(h_init=math.nan), "h_init"),
+        (dict(accept_safety=1 + math.pi / 2 + 0.1), "accept_safety"),
+        (dict(accept_safety=math.inf), "accept_safety"),
+        (dict(accept_safety=1.2), "accept_safety"),
+        (dict(accept_safety=-0.1), "accept_safety"),
+        (dict(icoeff=-5.0), "pcoeff \\+ icoeff \\+ dcoeff"),
+        (dict(pcoeff=math.inf), "pcoeff"),
+        (dict(dcoeff=math.nan), "dcoeff"),
+        (dict(rtol=math.inf), "rtol"),
+        (dict(atol=-1.0), "atol"),
+        (dict(rtol=0.0, atol=0.0), "rtol and atol"),
+        (dict(max_attempts=0), "max_attempts"),
+        (dict(eta=math.inf), "eta"),
+        (dict(s_noise=math.inf), "s_noise"),
+    ],
+)
+def test_dpm_adaptive_refuses_bad_controller_options(options, match):
+    with deadline(10), pytest.raises(ValueError, match=match):
+        ksampling.sample(_data(), _start(), karras_grid(8), "dpm_adaptive", **options)
+
+
+def test_dpm_adaptive_bounds_its_attempts():
+    # unreachable tolerances: the run must stop with a clear error, not loop
+    with deadline(20), pytest.raises(RuntimeError, match="max_attempts=40"):
+        ksampling.sample(_data(), _start(), karras_grid(8), "dpm_adaptive", rtol=1e-15, atol=1e-15, max_attempts=40)
+
+
+def test_dpm_adaptive_stops_when_the_step_size_underflows():
+    # a controller that shrinks the step on every attempt (p > 0 with i < 0): h underflows
+    with deadline(20), pytest.raises(RuntimeError, match="dpm_adaptive stopped"):
+        ksampling.sample(_data(), _start(), karras_grid(8), "dpm_adaptive", pcoeff=10.0, icoeff=-5.0)
+
+
+def test_pid_controller_survives_extreme_exponents():
+    from ksampling.samplers.dpm import PIDStepSizeController
+
+    pid = PIDStepSizeController(0.1, pcoeff=0.0, icoeff=400.0, dcoeff=0.0, order=1)
+    assert pid.propose_step(1e300) is False  # (1e-300)**400 underflows to 0: reject, shrink
+    assert 0 < pid.h < 0.1
+    pid = PIDStepSizeController(0.1, pcoeff=0.0, icoeff=400.0, dcoeff=0.0, order=1)
+    assert pid.propose_step(0.0) is True  # (1e8)**400 overflows: accept, grow by 1 + π/2 at most
+    assert pid.h == pytest.approx(0.1 * (1 + math.pi / 2))
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("euler_ancestral", dict(s_noise=math.inf)),
+        ("dpmpp_2m_sde", dict(s_noise=math.inf)),
+        ("dpmpp_2m_sde", dict(eta=math.inf)),
+        ("euler", dict(s_churn=math.inf)),
+        ("er_sde", dict(s_noise=math.inf)),
+        ("dpm_fast", dict(s_noise=math.inf)),
+        ("gradient_estimation", dict(ge_gamma=math.inf)),
+    ],
+)
+def test_infinite_noise_options_are_refused(name, options):
+    with pytest.raises(ValueError, match=next(iter(options))):
+        ksampling.sample(_data(), _start(), karras_grid(4), name, **options)
+
+
+def test_infinite_s_tmax_is_still_the_default():
+    out = ksampling.sample(_data(), _start(), karras_grid(4), "euler", s_churn=1.0, s_tmax=math.inf,
+                           generator=torch.Generator().manual_seed(1))
+    assert torch.isfinite(out).all()
