@@ -121,3 +121,75 @@ def test_infinite_s_tmax_is_still_the_default():
     out = ksampling.sample(_data(), _start(), karras_grid(4), "euler", s_churn=1.0, s_tmax=math.inf,
                            generator=torch.Generator().manual_seed(1))
     assert torch.isfinite(out).all()
+
+
+# -- tiny gaps: one step of relative size 1e-12 inside an ordinary grid -------------------------
+def _grid_with_gap(n=12, at=5, gap=1e-12):
+    base = karras_grid(n).tolist()
+    return base, base[: at + 1] + [base[at] * (1 - gap)] + base[at + 1 :]
+
+
+MULTISTEP_ODE = [
+    ("lms", {}),
+    ("unipc", {}),
+    ("unipc", dict(order=3)),
+    ("deis", {}),
+    ("deis", dict(variable="rho")),
+    ("deis", dict(prediction="data")),
+    ("dpmpp_2m", {}),
+    ("dpmpp_3m", {}),
+    ("dpmpp_2m_sde", dict(eta=0.0)),
+    ("dpmpp_3m_sde", dict(eta=0.0)),
+    ("er_sde", dict(noise_scale="ode")),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name, options", MULTISTEP_ODE)
+def test_multistep_ode_solvers_fall_back_to_lower_order_at_a_tiny_gap(name, options, dtype):
+    """Before: unipc's corrector 3e10 relative error, lms 1e4 (float32). The step next to the
+    gap drops to a lower order, which costs accuracy once, not stability."""
+    data = _data()
+    x = _start(batch=64, dtype=dtype)
+    exact = data.ode_solution(x.to(F64), 80.0, 0.0)
+    errors = []
+    for at in (1, 3, 5, 8):
+        _, grid = _grid_with_gap(at=at)
+        out = ksampling.sample(data, x, torch.tensor(grid, dtype=F64), name, **options)
+        errors.append(((out.to(F64) - exact).norm() / exact.norm()).item())
+    # 12 Karras steps give 0.003..0.2 without the gap; a blow-up gives 1e4 and more
+    assert max(errors) < 0.3, errors
+
+
+@pytest.mark.parametrize("name", ["dpmpp_2m_sde", "dpmpp_3m_sde", "er_sde"])
+def test_multistep_sde_solvers_stay_bounded_at_a_tiny_gap(name):
+    """Before: |x| grew from ~3 to 95, 280 and 8421 (the noise divided by the gap)."""
+    data = _data()  # N(μ, var ≤ 2): 64 samples lie within |x| < 8 with overwhelming probability
+    x = _start(batch=64)
+    for at in (1, 3, 5, 8):
+        _, grid = _grid_with_gap(at=at)
+        out = ksampling.sample(data, x, torch.tensor(grid, dtype=F64), name, generator=torch.Generator().manual_seed(3))
+        assert out.abs().max() < 8, (at, out.abs().max())
+
+
+def test_step_order_stops_the_history_at_a_degenerate_ratio():
+    from ksampling.samplers.common import degenerate_ratio, step_order
+
+    sizes = [1.0, 1.0, 1e-12, 1.0, 1.0, 1.0]
+    orders = [step_order(i, len(sizes), 3, step_size=sizes.__getitem__) for i in range(len(sizes))]
+    # step 2 is the tiny one (its history spans 1 -> 1e-12), step 3 comes after it,
+    # step 4 can look back across steps 3 and 4 only, step 5 is third order again
+    assert orders == [1, 2, 1, 1, 2, 3]
+    assert degenerate_ratio(1.0, 0.05) and not degenerate_ratio(1.0, 0.5)
+    assert degenerate_ratio(1.0, math.inf)
+
+
+def test_er_sde_in_float16_at_a_large_sigma_max():
+    """Before: 'value cannot be converted to type c10::Half without overflow' (w2 = O(Δσ²))."""
+    data = _data()
+    x = _start(batch=4, sigma_max=1e4)
+    grid = karras_grid(10, sigma_max=1e4)
+    half = ksampling.sample(data, x.half(), grid, "er_sde", generator=torch.Generator().manual_seed(0))
+    full = ksampling.sample(data, x, grid, "er_sde", generator=torch.Generator().manual_seed(0))
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert (half.to(F64) - full).abs().max() < 0.05

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -28,10 +28,11 @@ __all__ = [
     "step_order",
     "step_orders",
     "degenerate_ratio",
+    "MIN_STEP_RATIO_LAMBDA",
+    "MIN_STEP_RATIO_SIGMA",
     "linear_combination",
     "Stochastic",
     "Multistep",
-    "MIN_STEP_RATIO",
 ]
 
 
@@ -105,18 +106,22 @@ def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
     return weights
 
 
-#: A multistep method extrapolates from earlier points; when two neighbouring steps differ in
-#: size by more than this factor (e.g. a step of relative size 1e-12 left by float32
-#: rounding or an edited grid) its divided differences divide round-off by the tiny gap and
-#: blow up as 1/gap. :func:`step_order` then lowers the order to what the history supports.
-MIN_STEP_RATIO = 1e-4
+#: A multistep method extrapolates from earlier points. When a step is much smaller than its
+#: neighbour (a step of relative size 1e-12 left by float32 rounding or by an edited grid),
+#: its divided differences divide round-off, and in SDE solvers the fresh noise, by the tiny
+#: gap and blow up as 1/gap. :func:`step_order` then lowers the order to what the history
+#: supports. In λ = −log σ the steps of ordinary grids differ by factors of a few, so a
+#: factor of 10 is already degenerate; in σ neighbouring steps of a geometric grid differ by
+#: e^h, which is 1/20 at h = 3, hence the smaller bound for the σ-based methods.
+MIN_STEP_RATIO_LAMBDA = 0.1
+MIN_STEP_RATIO_SIGMA = 1e-2
 
 
-def degenerate_ratio(h: float, h_other: float) -> bool:
-    """Whether two step sizes (in the solver's own variable) differ by more than
-    1/:data:`MIN_STEP_RATIO`, so that extrapolating across them amplifies round-off."""
+def degenerate_ratio(h: float, h_other: float, min_ratio: float = MIN_STEP_RATIO_LAMBDA) -> bool:
+    """Whether two neighbouring step sizes differ by more than the factor 1/``min_ratio``
+    (or one is infinite), so that extrapolating across them amplifies round-off or noise."""
     small, large = sorted((abs(h), abs(h_other)))
-    return not small > MIN_STEP_RATIO * large
+    return not small > min_ratio * large
 
 
 def step_order(
@@ -125,7 +130,8 @@ def step_order(
     order: int,
     lower_order_final: bool = False,
     below: float = math.inf,
-    step_sizes: Sequence[float] | None = None,
+    step_size: Callable[[int], float] | None = None,
+    min_ratio: float = MIN_STEP_RATIO_LAMBDA,
 ) -> int:
     """The order step i of a multistep method uses.
 
@@ -135,20 +141,17 @@ def step_order(
     (DPM-Solver, UniPC, DEIS do this: high-order steps at the smallest σ are unstable when
     the steps are few and large).
 
-    With ``step_sizes`` (the steps of the grid in the solver's variable, e.g. h in λ), the
-    history also stops at a degenerate step ratio (:func:`degenerate_ratio`): a point across
-    a step much smaller or much larger than its neighbour is not used.
+    With ``step_size`` (``j -> `` the size of step j in the method's variable, h in λ or Δσ),
+    the history also stops at a degenerate step ratio (:func:`degenerate_ratio`): using p
+    points spans the steps i − p + 1, …, i, and each must be comparable to the one after it.
     """
     p = min(order, i + 1)
     if lower_order_final and n_steps < below:
         p = min(p, n_steps - i)
-    if step_sizes is not None:
-        # using k points of history spans the steps i−1, …, i−k+1; each must be comparable
-        # to the step after it (i.e. to the current step for the newest)
+    if step_size is not None:
         for k in range(1, p):
-            if degenerate_ratio(step_sizes[i - k], step_sizes[i - k + 1]):
-                p = k
-                break
+            if degenerate_ratio(step_size(i - k), step_size(i - k + 1), min_ratio):
+                return k
     return p
 
 

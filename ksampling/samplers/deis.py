@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 from .base import Solver, register
-from .common import lagrange_exp_weights, linear_combination, step_order
+from .common import MIN_STEP_RATIO_LAMBDA, MIN_STEP_RATIO_SIGMA, lagrange_exp_weights, linear_combination, log_sigma_step, step_order
 from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["DEIS"]
@@ -72,7 +72,13 @@ class DEIS(Solver):
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
-        p = step_order(i, n, self.solver_order, self.lower_order_final, self.lower_order_final_below)
+        if self.variable == "rho":
+            step_size, min_ratio = (lambda j: sigmas[j] - sigmas[j + 1]), MIN_STEP_RATIO_SIGMA
+        else:
+            step_size, min_ratio = (lambda j: log_sigma_step(sigmas[j], sigmas[j + 1])), MIN_STEP_RATIO_LAMBDA
+        p = step_order(
+            i, n, self.solver_order, self.lower_order_final, self.lower_order_final_below, step_size, min_ratio
+        )
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         points = sigmas[i::-1][:p]  # σ_i, σ_{i−1}, …
         if self.variable == "rho":

@@ -181,7 +181,10 @@ class DPMSolverPP3M(Solver):
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
-        order_i = step_order(i, n, 3, self.lower_order_final, self.lower_order_final_below)
+        order_i = step_order(
+            i, n, 3, self.lower_order_final, self.lower_order_final_below,
+            step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]),
+        )
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
             return dict(step_order=1)

@@ -33,7 +33,7 @@ import torch
 
 from .base import Solver, register
 from .validation import check_choice, check_nonnegative
-from .common import ancestral_step, log_sigma_step
+from .common import ancestral_step, degenerate_ratio, log_sigma_step, step_order
 
 __all__ = ["dpmpp_first_order"]
 
@@ -207,8 +207,9 @@ class DPMPP2M(_Multistep):
         _, phi = dpmpp_first_order(sigma, sigma_next)  # the weight of x, σ_next/σ, is 1 − phi
         weight_old = 0.0
         if i > 0 and sigma_next > 0:
-            r = log_sigma_step(sigmas[i - 1], sigma) / log_sigma_step(sigma, sigma_next)
-            weight_old = -1 / (2 * r)
+            h_last, h = log_sigma_step(sigmas[i - 1], sigma), log_sigma_step(sigma, sigma_next)
+            if not degenerate_ratio(h_last, h):  # else first order: D_{i−1} is too close or too far
+                weight_old = -1 / (2 * (h_last / h))
         return dict(phi=phi, weight_old=weight_old)
 
     def step(self, ctx, x, step):
@@ -281,8 +282,9 @@ class DPMPP2MSDE(_MultistepSDE):
             return dict(denoise_only=True, weight_diff=0.0, noise_std=0.0)
         c = self.sde_coefficients(sigma, sigma_next)
         weight_diff = 0.0
-        if i > 0:
-            r = log_sigma_step(sigmas[i - 1], sigma) / c["h"]
+        h_last = log_sigma_step(sigmas[i - 1], sigma) if i > 0 else 0.0
+        if i > 0 and not degenerate_ratio(h_last, c["h"]):  # else first order (see common.step_order)
+            r = h_last / c["h"]
             if self.solver_type == "heun":
                 weight_diff = (c["phi"] / -c["h_eta"] + 1) / r
             else:
@@ -336,10 +338,12 @@ class DPMPP3MSDE(_MultistepSDE):
         h, h_eta = c["h"], c["h_eta"]
         phi_2 = math.expm1(-h_eta) / h_eta + 1
         phi_3 = phi_2 / h_eta - 0.5
-        coeffs = dict(denoise_only=False, history_used=min(i, 2), phi_2=phi_2, phi_3=phi_3, **c)
-        if i >= 1:
+        # the history stops at a degenerate step ratio (common.step_order)
+        history_used = step_order(i, len(sigmas) - 1, 3, step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1])) - 1
+        coeffs = dict(denoise_only=False, history_used=history_used, phi_2=phi_2, phi_3=phi_3, **c)
+        if history_used >= 1:
             coeffs["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if i >= 2:
+        if history_used >= 2:
             coeffs["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
         return coeffs
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 
 from .base import Solver, register
+from .common import MIN_STEP_RATIO_SIGMA, step_order
 from .validation import check_int
 
 __all__ = ["lms_coefficients"]
@@ -71,7 +72,12 @@ class LMS(Solver):
         self.residuals = []  # x − D = σ d of the earlier steps, most recent first
 
     def coefficients(self, sigmas, i):
-        weights = lms_coefficients(sigmas, i, self.lms_order)
+        # the history stops at a degenerate step ratio (common.step_order): the Lagrange weights
+        # of two nearly coincident nodes are huge and of opposite sign
+        order = step_order(
+            i, len(sigmas) - 1, self.lms_order, step_size=lambda j: sigmas[j] - sigmas[j + 1], min_ratio=MIN_STEP_RATIO_SIGMA
+        )
+        weights = lms_coefficients(sigmas, i, order)
         # the weight of the residual (x − D)_{i−j} is c_{ij}/σ_{i−j}
         return dict(residual_weights=[c / sigmas[i - j] for j, c in enumerate(weights)])
 

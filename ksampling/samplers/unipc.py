@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from .base import Solver, register
-from .common import linear_combination, phi, step_order
+from .common import linear_combination, log_sigma_step, phi, step_order
 from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["UniPC", "unipc_weights"]
@@ -118,7 +118,10 @@ class UniPC(Solver):
     def _order(self, sigmas, i):
         if sigmas[i + 1] == 0.0:  # h = ∞: only the first-order limit x <- D exists
             return 1
-        return step_order(i, len(sigmas) - 1, self.solver_order, self.lower_order_final, self.lower_order_final_below)
+        return step_order(
+            i, len(sigmas) - 1, self.solver_order, self.lower_order_final, self.lower_order_final_below,
+            step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]),
+        )
 
     def coefficients(self, sigmas, i):
         def lambdas(indices):
