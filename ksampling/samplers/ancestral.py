@@ -13,30 +13,21 @@ import torch
 
 from .base import Solver, register
 from .validation import check_choice, check_nonnegative
-from .common import ancestral_step
+from .common import Stochastic, ancestral_step
 
 
-class _Ancestral(Solver):
-    kind = "sde"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0
+class _Ancestral(Stochastic):
+    """A deterministic step to σ_down, then ``add_noise`` adds S_noise σ_up z."""
 
     def coefficients(self, sigmas, i):
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], self.eta)
-        # the Euler/DDIM step σ → σ_down moves x this fraction of the way to D
-        return dict(sigma_down=sigma_down, sigma_up=sigma_up, euler_weight=1 - sigma_down / sigmas[i])
-
-    def add_noise(self, ctx, x, step):
-        """x + S_noise σ_up z."""
-        if step.sigma_up == 0.0:
-            return x
-        return torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * step.sigma_up)
+        return dict(
+            sigma_down=sigma_down,
+            sigma_up=sigma_up,
+            noise_std=self.s_noise * sigma_up,
+            # the Euler/DDIM step σ → σ_down moves x this fraction of the way to D
+            euler_weight=1 - sigma_down / sigmas[i],
+        )
 
 
 @register
@@ -132,11 +123,11 @@ class DDPM(Solver):
         mean = torch.lerp(x, denoised, step.to_denoised)  # x̂0 + (σ_next²/σ²)(x − x̂0)
         if step.to_zero:
             return mean
-        noise = ctx.noise(step.sigma, step.sigma_next)
-        if learned is not None:
+        if learned is not None:  # a per-element std: the one noise line that is not ctx.add_noise
+            noise = ctx.noise(step.sigma, step.sigma_next)
             return torch.addcmul(mean, noise, self._learned_std(learned, step), value=self.s_noise)
         std = step.std_large if self.variance == "large" else step.std_small
-        return torch.add(mean, noise, alpha=self.s_noise * std)
+        return ctx.add_noise(mean, self.s_noise * std, step.sigma, step.sigma_next)
 
     @staticmethod
     def _learned_std(learned, step) -> torch.Tensor:

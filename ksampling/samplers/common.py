@@ -162,7 +162,7 @@ def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float)
 
 def linear_combination(x, x_weight: float, tensors: Sequence, weights: Sequence[float]):
     """``x_weight·x + Σ_j weights[j]·tensors[j]`` with host-side float weights (zeros skipped)."""
-    out = x * x_weight
+    out = x if x_weight == 1.0 else x * x_weight
     for tensor, weight in zip(tensors, weights):
         if weight != 0.0:
             out = torch.add(out, tensor, alpha=weight)

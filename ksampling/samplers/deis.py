@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, register
-from .common import MIN_STEP_RATIO_LAMBDA, MIN_STEP_RATIO_SIGMA, lagrange_exp_weights, linear_combination, log_sigma_step, step_order
+from .base import register
+from .common import MIN_STEP_RATIO_LAMBDA, Multistep, MIN_STEP_RATIO_SIGMA, lagrange_exp_weights, linear_combination, log_sigma_step, step_order
 from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["DEIS"]
 
 
 @register
-class DEIS(Solver):
+class DEIS(Multistep):
     """DEIS-AB of order 1–3 (Zhang & Chen 2023, "Fast Sampling of Diffusion Models with
     Exponential Integrator", §4): the noise prediction ``ε = (x − D)/σ`` is extrapolated by
     the polynomial through the last ``order`` points and the ODE, ``dx/dρ = ε`` with
@@ -47,7 +47,6 @@ class DEIS(Solver):
     name = "deis"
     order = 3
     nfe_per_step = 1
-    multistep = True
     paper = "Zhang & Chen 2023, Fast Sampling of Diffusion Models with Exponential Integrator (ICLR)"
 
     def __init__(
@@ -65,10 +64,7 @@ class DEIS(Solver):
             raise ValueError("prediction='data' needs variable='lambda' (the exponential integrator in λ)")
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.lower_order_final_below = check_threshold("lower_order_final_below", lower_order_final_below)
-        self.reset()
-
-    def reset(self):
-        self.history: list = []  # ε (or D) at the latest points, newest first
+        self.reset()  # the history holds ε (or D) at the latest points, newest first
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
@@ -100,5 +96,5 @@ class DEIS(Solver):
         if step.denoise_only:
             return denoised
         prediction = denoised if self.prediction == "data" else (x - denoised) / step.sigma
-        self.history = ([prediction] + self.history)[: self.solver_order]
-        return linear_combination(x, step.x_weight, self.history, step.weights)
+        history = self.remember(prediction, self.solver_order)
+        return linear_combination(x, step.x_weight, history, step.weights)

@@ -33,9 +33,9 @@ import torch
 from tqdm.auto import tqdm
 
 from .ancestral import _Ancestral
-from .base import Solver, Step, register
+from .base import Step, register
 from .validation import check_int, check_nonnegative, check_positive, check_real
-from .common import ancestral_step
+from .common import Stochastic, ancestral_step
 from .euler import _ChurnSolver
 
 __all__ = ["PIDStepSizeController", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]
@@ -202,20 +202,13 @@ def _denoise_once(ctx, x, sigma: float):
     return ctx.denoise(x, sigma)
 
 
-class _OffGrid(Solver):
+class _OffGrid(Stochastic):
     """A solver that steps between sigmas of its own (it overrides :meth:`Solver.run`). Its
     Steps carry ``on_grid=False``: the callback then reports ``step.sigma`` instead of the
-    caller's grid at ``step.index``."""
+    caller's grid at ``step.index``. An ODE solver at its default ``eta = 0``."""
 
+    kind = "ode"
     fixed_grid = False
-
-    def __init__(self, eta: float, s_noise: float):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
 
 @register
@@ -280,8 +273,7 @@ class DPMFast(_OffGrid):
             ctx.begin_step(step)
             update = _DPM_SOLVER_STEPS[step.solver_order]
             x = update(_EpsCache(ctx), x, step.lam, step.lam_target)
-            if step.noise_std > 0:
-                x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
+            x = self.add_noise(ctx, x, step)
         return x
 
 
@@ -429,8 +421,7 @@ class DPMAdaptive(_OffGrid):
             if pid.propose_step(error):
                 x_prev = x_low
                 x = x_high
-                if noise_std > 0:
-                    x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * noise_std)
+                x = self.add_noise(ctx, x, step, self.s_noise * noise_std)
                 lam = lam_next
                 accepted += 1
             else:

@@ -17,10 +17,9 @@ the limit of its first-order rule, ``x ← D(x; σ)``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
 
 from .base import Solver, register
-from .common import log_sigma_step, phi, step_order
+from .common import Multistep, log_sigma_step, phi, step_order
 from .validation import check_bool, check_choice, check_fraction, check_int, check_threshold
 
 # The shared helpers used to live here; adams.py and res_multistep.py still import them from here.
@@ -129,7 +128,7 @@ class DPMSolver(Solver):
 
 # -- multistep DPM-Solver++(3M) -----------------------------------------------------------
 @register
-class DPMSolverPP3M(Solver):
+class DPMSolverPP3M(Multistep):
     """Multistep DPM-Solver++(3M), the ODE solver (Lu et al. 2022b, §4 and App. B):
 
     with ``r0 = h_{i−1}/h``, ``r1 = h_{i−2}/h`` and the divided differences
@@ -160,7 +159,6 @@ class DPMSolverPP3M(Solver):
     name = "dpmpp_3m"
     order = 3
     nfe_per_step = 1
-    multistep = True
     paper = "Lu et al. 2022b, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 
     def __init__(
@@ -175,9 +173,6 @@ class DPMSolverPP3M(Solver):
         self.lower_order_final_below = check_threshold("lower_order_final_below", lower_order_final_below)
         self.solver_type = check_choice("solver_type", solver_type, ("heun", "midpoint"))
         self.reset()
-
-    def reset(self):
-        self.history: list = []
 
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
@@ -200,7 +195,7 @@ class DPMSolverPP3M(Solver):
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
-        self.history = [denoised] + self.history[:2]
+        self.remember(denoised, 3)
         if step.to_zero:
             return denoised
         x_next = x * step.a + denoised * step.b1

@@ -31,9 +31,9 @@ import math
 
 import torch
 
-from .base import Solver, register
-from .validation import check_choice, check_nonnegative
-from .common import ancestral_step, degenerate_ratio, log_sigma_step, step_order
+from .base import register
+from .common import Multistep, Stochastic, ancestral_step, degenerate_ratio, log_sigma_step, step_order
+from .validation import check_choice, check_real
 
 __all__ = ["dpmpp_first_order"]
 
@@ -46,12 +46,8 @@ def dpmpp_first_order(sigma: float, sigma_target: float) -> tuple[float, float]:
     return sigma_target / sigma, -math.expm1(-h)
 
 
-def _check_eta_s_noise(eta, s_noise) -> tuple[float, float]:
-    return check_nonnegative("eta", eta), check_nonnegative("s_noise", s_noise)
-
-
 @register
-class DPMPP2SAncestral(Solver):
+class DPMPP2SAncestral(Stochastic):
     """DPM-Solver++(2S) with ancestral noise (k-diffusion ``sample_dpmpp_2s_ancestral``).
 
     With ``σ_down, σ_up`` from :func:`~ksampling.samplers.common.ancestral_step`,
@@ -68,15 +64,7 @@ class DPMPP2SAncestral(Solver):
     name = "dpmpp_2s_ancestral"
     order = 2
     nfe_per_step = 2
-    kind = "sde"
     paper = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), Algorithm 1"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -100,13 +88,11 @@ class DPMPP2SAncestral(Solver):
             # u = (σ_s/σ) x + (1 − e^{−h/2}) D,  x_down = (σ_down/σ) x + (1 − e^{−h}) D(u; σ_s)
             x_mid = torch.lerp(x, denoised, step.phi_mid)
             x = torch.lerp(x, ctx.denoise(x_mid, step.sigma_mid), step.phi_down)
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
+        return self.add_noise(ctx, x, step)
 
 
 @register
-class DPMPPSDE(Solver):
+class DPMPPSDE(Stochastic):
     """DPM-Solver++ (stochastic), k-diffusion ``sample_dpmpp_sde``: a two-stage singlestep
     SDE solver with the intermediate point at ``λ_s = λ + r h``.
 
@@ -124,20 +110,12 @@ class DPMPPSDE(Solver):
     name = "dpmpp_sde"
     order = 2
     nfe_per_step = 2
-    kind = "sde"
     default_noise = "brownian"
     paper = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095); k-diffusion sample_dpmpp_sde"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 1 / 2):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-        r = check_nonnegative("r", r)
-        if not 0 < r <= 1:
-            raise ValueError(f"r must be in (0, 1] (the intermediate point λ + r·h), got {r}")
-        self.r = r
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
+        super().__init__(eta, s_noise)
+        self.r = check_real("r (the intermediate point λ + r·h)", r, low=0.0, high=1.0, low_open=True)
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -163,29 +141,15 @@ class DPMPPSDE(Solver):
             return denoised
         x_mid = torch.lerp(x, denoised, step.phi_mid)  # (σ_down,s/σ) x + (1 − σ_down,s/σ) D
         if step.mid_noise_std > 0:
-            x_mid = torch.add(x_mid, ctx.noise(step.sigma, step.sigma_mid), alpha=step.mid_noise_std)
+            x_mid = ctx.add_noise(x_mid, step.mid_noise_std, step.sigma, step.sigma_mid)
         # D' = (1 − 1/(2r)) D + 1/(2r) D(u; σ_s)
         denoised_d = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
         x = torch.lerp(x, denoised_d, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D'
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
-
-
-class _Multistep(Solver):
-    """History of model outputs for the multistep solvers (a fresh one per run)."""
-
-    multistep = True
-
-    def reset(self) -> None:
-        self.history = []  # earlier model outputs, most recent first
-
-    def remember(self, denoised, keep: int) -> None:
-        self.history = [denoised] + self.history[: keep - 1]
+        return self.add_noise(ctx, x, step)
 
 
 @register
-class DPMPP2M(_Multistep):
+class DPMPP2M(Multistep):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), k-diffusion ``sample_dpmpp_2m``.
 
     With ``h = λ_next − λ``, ``h_last = λ − λ_prev`` and ``r = h_last / h``:
@@ -221,16 +185,8 @@ class DPMPP2M(_Multistep):
         return torch.lerp(x, denoised_d, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D'
 
 
-class _MultistepSDE(_Multistep):
-    kind = "sde"
+class _MultistepSDE(Stochastic, Multistep):
     default_noise = "brownian"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def sde_coefficients(self, sigma: float, sigma_next: float) -> dict:
         """The first-order SDE step: ``x_next = decay · x + phi · D + noise_std · z`` with
@@ -245,11 +201,6 @@ class _MultistepSDE(_Multistep):
             phi=-math.expm1(-h_eta),
             noise_std=self.s_noise * sigma_next * math.sqrt(-math.expm1(-2 * self.eta * h)),
         )
-
-    def add_noise(self, ctx, x, step):
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
 
 
 @register

@@ -44,7 +44,7 @@ class _ChurnSolver(Solver):
         """x̂ = x + sqrt(σ̂² − σ²) · S_noise · ε."""
         if step.churn_std == 0.0:
             return x
-        return torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * step.churn_std)
+        return ctx.add_noise(x, self.s_noise * step.churn_std, step.sigma, step.sigma_next)
 
 
 @register

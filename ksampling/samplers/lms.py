@@ -15,15 +15,13 @@ per run, in a scaled variable u = (τ − σ_i)/(σ_{i+1} − σ_i) where the no
 
 Since d_{i−j} = (x − D)_{i−j} / σ_{i−j}, the solver keeps the residuals ``x − D`` and folds
 ``1/σ_{i−j}`` into the host-side weights: ``x_{i+1} = x_i + Σ_j (c_{ij}/σ_{i−j}) (x − D)_{i−j}``,
-one ``torch.add(..., alpha=)`` per history term.
+one ``torch.add(..., alpha=)`` per history term (:func:`~ksampling.samplers.common.linear_combination`).
 """
 
 from __future__ import annotations
 
-import torch
-
-from .base import Solver, register
-from .common import MIN_STEP_RATIO_SIGMA, step_order
+from .base import register
+from .common import MIN_STEP_RATIO_SIGMA, Multistep, linear_combination, step_order
 from .validation import check_int
 
 __all__ = ["lms_coefficients"]
@@ -55,21 +53,17 @@ def lms_coefficients(sigmas, i: int, order: int) -> list[float]:
 
 
 @register
-class LMS(Solver):
+class LMS(Multistep):
     """Linear multistep of order ``order`` (default 4) on dx/dσ = (x − D(x; σ))/σ; lower orders
     while the history fills up. One model call per step."""
 
     name = "lms"
     order = 4
     nfe_per_step = 1
-    multistep = True
     paper = "Adams–Bashforth on the sigma grid (Hairer, Nørsett & Wanner, §III.5); k-diffusion sample_lms"
 
     def __init__(self, order: int = 4):
         self.lms_order = check_int("order", order, 1)
-
-    def reset(self) -> None:
-        self.residuals = []  # x − D = σ d of the earlier steps, most recent first
 
     def coefficients(self, sigmas, i):
         # the history stops at a degenerate step ratio (common.step_order): the Lagrange weights
@@ -82,8 +76,7 @@ class LMS(Solver):
         return dict(residual_weights=[c / sigmas[i - j] for j, c in enumerate(weights)])
 
     def step(self, ctx, x, step):
-        self.residuals = [x - ctx.denoise(x, step.sigma)] + self.residuals[: self.lms_order - 1]
+        # the history holds the residuals x − D = σ d, newest first
+        residuals = self.remember(x - ctx.denoise(x, step.sigma), self.lms_order)
         # x_{i+1} = x_i + Σ_j c_{ij} d_{i−j},  d_{i−j} = (x − D)_{i−j}/σ_{i−j}
-        for weight, residual in zip(step.residual_weights, self.residuals):
-            x = torch.add(x, residual, alpha=weight)
-        return x
+        return linear_combination(x, 1.0, residuals, step.residual_weights)
