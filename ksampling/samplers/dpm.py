@@ -28,6 +28,7 @@ non-zero sigma below ``sigmas[0]`` (one step to 0) is answered with ``x = D(x; s
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
@@ -36,6 +37,7 @@ from .ancestral import _Ancestral
 from .base import Step, register
 from .validation import check_int, check_nonnegative, check_positive, check_real
 from .common import Stochastic, ancestral_step
+from .dpm_solver import singlestep_coefficients, singlestep_update
 from .euler import _ChurnSolver
 
 __all__ = ["PIDStepSizeController", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]
@@ -143,36 +145,27 @@ class _EpsCache:
         return eps
 
 
+def _dpm_solver(eps_at, x, lam, lam_next, order, r1=1 / 2, r2=2 / 3):
+    """One step of :class:`~ksampling.samplers.dpm_solver.DPMSolver` with noise prediction,
+    in k-diffusion's terms: times λ and ``eps_at(x, λ) = ε``."""
+    sigma = _sigma(lam)
+    coef = SimpleNamespace(**singlestep_coefficients(sigma, _sigma(lam_next), order, "noise", r1, r2))
+    return singlestep_update(lambda u, s: eps_at(u, -math.log(s)), x, sigma, coef, order, r1, r2)
+
+
 def dpm_solver_1(eps_at, x, lam, lam_next):
     """DPM-Solver-1: x_next = x − σ_next (e^h − 1) ε."""
-    h = lam_next - lam
-    return x - eps_at(x, lam) * (_sigma(lam_next) * math.expm1(h))
+    return _dpm_solver(eps_at, x, lam, lam_next, 1)
 
 
 def dpm_solver_2(eps_at, x, lam, lam_next, r1=1 / 2):
     """DPM-Solver-2 (Lu et al. 2022, Algorithm 4) with the intermediate point λ + r₁h."""
-    h = lam_next - lam
-    eps = eps_at(x, lam)
-    lam_1 = lam + r1 * h
-    u1 = x - eps * (_sigma(lam_1) * math.expm1(r1 * h))
-    eps_1 = eps_at(u1, lam_1)
-    sigma_next = _sigma(lam_next)
-    return x - eps * (sigma_next * math.expm1(h)) - (eps_1 - eps) * (sigma_next / (2 * r1) * math.expm1(h))
+    return _dpm_solver(eps_at, x, lam, lam_next, 2, r1=r1)
 
 
 def dpm_solver_3(eps_at, x, lam, lam_next, r1=1 / 3, r2=2 / 3):
     """DPM-Solver-3 (Lu et al. 2022, Algorithm 5)."""
-    h = lam_next - lam
-    eps = eps_at(x, lam)
-    lam_1, lam_2 = lam + r1 * h, lam + r2 * h
-    sigma_1, sigma_2, sigma_next = _sigma(lam_1), _sigma(lam_2), _sigma(lam_next)
-    u1 = x - eps * (sigma_1 * math.expm1(r1 * h))
-    eps_1 = eps_at(u1, lam_1)
-    phi_2_r2 = math.expm1(r2 * h) / (r2 * h) - 1
-    u2 = x - eps * (sigma_2 * math.expm1(r2 * h)) - (eps_1 - eps) * (sigma_2 * (r2 / r1) * phi_2_r2)
-    eps_2 = eps_at(u2, lam_2)
-    phi_2 = math.expm1(h) / h - 1
-    return x - eps * (sigma_next * math.expm1(h)) - (eps_2 - eps) * (sigma_next / r2 * phi_2)
+    return _dpm_solver(eps_at, x, lam, lam_next, 3, r1=r1, r2=r2)
 
 
 _DPM_SOLVER_STEPS = {1: dpm_solver_1, 2: dpm_solver_2, 3: dpm_solver_3}

@@ -25,7 +25,7 @@ from .validation import check_bool, check_choice, check_fraction, check_int, che
 # The shared helpers used to live here; adams.py and res_multistep.py still import them from here.
 from .common import lagrange_exp_weights, linear_combination, step_orders  # noqa: E402,F401
 
-__all__ = ["DPMSolver", "DPMSolverPP3M"]
+__all__ = ["DPMSolver", "DPMSolverPP3M", "singlestep_coefficients", "singlestep_update"]
 
 
 # -- singlestep DPM-Solver ----------------------------------------------------------------
@@ -36,6 +36,48 @@ def _transfer(sigma: float, sigma_to: float, algorithm: str) -> tuple[float, flo
     if algorithm == "data":
         return sigma_to / sigma, h, -h
     return 1.0, -sigma_to * h, h
+
+
+def singlestep_coefficients(
+    sigma: float, sigma_next: float, order: int, algorithm: str, r1: float = 0.5, r2: float = 2 / 3
+) -> dict:
+    """Host-side scalars of one singlestep DPM-Solver step σ → σ_next > 0 (see
+    :class:`DPMSolver`): ``a, b1, b2`` of the full step and, for the intermediate points
+    σ_r = σ e^{−r h}, ``sigma_r1, a_r1, b1_r1`` and ``sigma_r2, a_r2, b1_r2, b2_r2``."""
+    h = log_sigma_step(sigma, sigma_next)
+    a, b, z = _transfer(sigma, sigma_next, algorithm)
+    coef = dict(a=a, b1=b * phi(1, z), b2=b * phi(2, z))
+    if order >= 2:
+        sigma_r1 = sigma * math.exp(-r1 * h)
+        a1, bb1, z1 = _transfer(sigma, sigma_r1, algorithm)
+        coef.update(sigma_r1=sigma_r1, a_r1=a1, b1_r1=bb1 * phi(1, z1))
+    if order == 3:
+        sigma_r2 = sigma * math.exp(-r2 * h)
+        a2, bb2, z2 = _transfer(sigma, sigma_r2, algorithm)
+        coef.update(sigma_r2=sigma_r2, a_r2=a2, b1_r2=bb2 * phi(1, z2), b2_r2=bb2 * phi(2, z2))
+    return coef
+
+
+def singlestep_update(predict, x, sigma: float, c, order: int, r1: float = 0.5, r2: float = 2 / 3):
+    """One singlestep DPM-Solver step with the scalars ``c`` of :func:`singlestep_coefficients`
+    (read as attributes); ``predict(x, sigma)`` is the prediction P (D or ε) at a stage:
+
+        P_0 = P(x; σ)
+        order 1: x_next = A x + B φ_1 P_0
+        order 2: u_1 = A_{r1} x + B_{r1} φ_1 P_0,  x_next = A x + B φ_1 P_0 + B φ_1 (P(u_1) − P_0)/(2 r1)
+        order 3: u_2 = A_{r2} x + B_{r2} [φ_1 P_0 + φ_2 (r2/r1) (P(u_1) − P_0)],
+                 x_next = A x + B [φ_1 P_0 + φ_2 (P(u_2) − P_0)/r2]
+    """
+    p_0 = predict(x, sigma)
+    if order == 1:
+        return x * c.a + p_0 * c.b1
+    u_1 = x * c.a_r1 + p_0 * c.b1_r1
+    p_1 = predict(u_1, c.sigma_r1)
+    if order == 2:
+        return x * c.a + p_0 * c.b1 + (p_1 - p_0) * (c.b1 / (2 * r1))
+    u_2 = x * c.a_r2 + p_0 * c.b1_r2 + (p_1 - p_0) * (c.b2_r2 * r2 / r1)
+    p_2 = predict(u_2, c.sigma_r2)
+    return x * c.a + p_0 * c.b1 + (p_2 - p_0) * (c.b2 / r2)
 
 
 @register
@@ -91,42 +133,43 @@ class DPMSolver(Solver):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
             return {}
-        h = log_sigma_step(sigma, sigma_next)
-        coef = {}
-        a, b, z = _transfer(sigma, sigma_next, self.algorithm)
-        coef.update(a=a, b1=b * phi(1, z), b2=b * phi(2, z))
-        if self.solver_order >= 2:
-            sigma_r1 = sigma * math.exp(-self.r1 * h)
-            a1, bb1, z1 = _transfer(sigma, sigma_r1, self.algorithm)
-            coef.update(sigma_r1=sigma_r1, a_r1=a1, b1_r1=bb1 * phi(1, z1))
-        if self.solver_order == 3:
-            sigma_r2 = sigma * math.exp(-self.r2 * h)
-            a2, bb2, z2 = _transfer(sigma, sigma_r2, self.algorithm)
-            coef.update(sigma_r2=sigma_r2, a_r2=a2, b1_r2=bb2 * phi(1, z2), b2_r2=bb2 * phi(2, z2))
-        return coef
-
-    def _predict(self, ctx, x, sigma):
-        denoised = ctx.denoise(x, sigma)
-        return denoised if self.algorithm == "data" else (x - denoised) / sigma
+        return singlestep_coefficients(sigma, sigma_next, self.solver_order, self.algorithm, self.r1, self.r2)
 
     def step(self, ctx, x, step):
         if step.to_zero:
             return ctx.denoise(x, step.sigma)
-        p0 = self._predict(ctx, x, step.sigma)
-        if self.solver_order == 1:
-            return x * step.a + p0 * step.b1
-        r1 = self.r1
-        u1 = x * step.a_r1 + p0 * step.b1_r1
-        p1 = self._predict(ctx, u1, step.sigma_r1)
-        if self.solver_order == 2:
-            return x * step.a + p0 * step.b1 + (p1 - p0) * (step.b1 / (2 * r1))
-        r2 = self.r2
-        u2 = x * step.a_r2 + p0 * step.b1_r2 + (p1 - p0) * (step.b2_r2 * r2 / r1)
-        p2 = self._predict(ctx, u2, step.sigma_r2)
-        return x * step.a + p0 * step.b1 + (p2 - p0) * (step.b2 / r2)
+
+        def predict(u, sigma):
+            denoised = ctx.denoise(u, sigma)
+            return denoised if self.algorithm == "data" else (u - denoised) / sigma
+
+        return singlestep_update(predict, x, step.sigma, step, self.solver_order, self.r1, self.r2)
 
 
 # -- multistep DPM-Solver++(3M) -----------------------------------------------------------
+def dpmpp_multistep_terms(x_next, history, step):
+    """The history terms of DPM-Solver++(2M/3M) (Lu et al. 2022b, App. B), added to the
+    first-order step ``x_next``; ``history = [D_i, D_{i−1}, D_{i−2}]``, and ``step`` carries
+    ``step_order`` (2 or 3), ``r0 = h_{i−1}/h``, ``r1 = h_{i−2}/h``, ``b2``, ``b3``::
+
+        D1_0 = (D_i − D_{i−1})/r0                   (≈ h D')
+        order 2:  x_next + b2 D1_0
+        order 3:  D1_1 = (D_{i−1} − D_{i−2})/r1,
+                  D1 = D1_0 + r0 (D1_0 − D1_1)/(r0 + r1)   (≈ h D'),
+                  D2 = (D1_0 − D1_1)/(r0 + r1)             (≈ h² D''/2),
+                  x_next + b2 D1 + b3 D2
+    """
+    denoised, denoised_1 = history[0], history[1]
+    d1_0 = (denoised - denoised_1) / step.r0
+    if step.step_order == 2:
+        return x_next + d1_0 * step.b2
+    r0, r1 = step.r0, step.r1
+    d1_1 = (denoised_1 - history[2]) / r1
+    d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return x_next + d1 * step.b2 + d2 * step.b3
+
+
 @register
 class DPMSolverPP3M(Multistep):
     """Multistep DPM-Solver++(3M), the ODE solver (Lu et al. 2022b, §4 and App. B):
@@ -195,19 +238,12 @@ class DPMSolverPP3M(Multistep):
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
-        self.remember(denoised, 3)
+        history = self.remember(denoised, 3)
         if step.to_zero:
             return denoised
-        x_next = x * step.a + denoised * step.b1
+        x_next = x * step.a + denoised * step.b1  # DPM-Solver++(1): e^{−h} x + h φ_1(−h) D_i
         if step.step_order == 1:
             return x_next
-        d1_0 = (denoised - self.history[1]) / step.r0
-        if step.step_order == 2:
-            if self.solver_type == "midpoint":
-                return x_next + d1_0 * (step.b1 / 2)
-            return x_next + d1_0 * step.b2
-        r0, r1 = step.r0, step.r1
-        d1_1 = (self.history[1] - self.history[2]) / r1
-        d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        return x_next + d1 * step.b2 + d2 * step.b3
+        if step.step_order == 2 and self.solver_type == "midpoint":
+            return x_next + (denoised - history[1]) * (step.b1 / (2 * step.r0))
+        return dpmpp_multistep_terms(x_next, history, step)

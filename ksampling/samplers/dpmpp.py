@@ -33,6 +33,7 @@ import torch
 
 from .base import register
 from .common import Multistep, Stochastic, ancestral_step, degenerate_ratio, log_sigma_step, step_order
+from .dpm_solver import dpmpp_multistep_terms
 from .validation import check_choice, check_real
 
 __all__ = ["dpmpp_first_order"]
@@ -284,34 +285,27 @@ class DPMPP3MSDE(_MultistepSDE):
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
-            return dict(denoise_only=True, history_used=0, noise_std=0.0)
+            return dict(denoise_only=True, step_order=1, noise_std=0.0)
         c = self.sde_coefficients(sigma, sigma_next)
         h, h_eta = c["h"], c["h_eta"]
         phi_2 = math.expm1(-h_eta) / h_eta + 1
         phi_3 = phi_2 / h_eta - 0.5
         # the history stops at a degenerate step ratio (common.step_order)
-        history_used = step_order(i, len(sigmas) - 1, 3, step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1])) - 1
-        coeffs = dict(denoise_only=False, history_used=history_used, phi_2=phi_2, phi_3=phi_3, **c)
-        if history_used >= 1:
+        order_i = step_order(i, len(sigmas) - 1, 3, step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]))
+        # the weights b2 = φ₂, b3 = −φ₃ of dpm_solver.dpmpp_multistep_terms
+        coeffs = dict(denoise_only=False, step_order=order_i, b2=phi_2, b3=-phi_3, **c)
+        if order_i >= 2:
             coeffs["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if history_used >= 2:
+        if order_i >= 3:
             coeffs["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
         return coeffs
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
+        history = self.remember(denoised, 3)
         if step.denoise_only:
             return denoised
         x_next = torch.lerp(x, denoised, step.phi)  # e^{−h_η} x + (1 − e^{−h_η}) D_i
-        if step.history_used == 2:
-            denoised_1, denoised_2 = self.history
-            r0, r1 = step.r0, step.r1
-            d1_0 = (denoised - denoised_1) / r0
-            d1_1 = (denoised_1 - denoised_2) / r1
-            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            x_next = x_next + d1 * step.phi_2 - d2 * step.phi_3
-        elif step.history_used == 1:
-            x_next = torch.add(x_next, denoised - self.history[0], alpha=step.phi_2 / step.r0)
-        self.remember(denoised, 2)
+        if step.step_order >= 2:
+            x_next = dpmpp_multistep_terms(x_next, history, step)  # + φ₂ D₁ − φ₃ D₂
         return self.add_noise(ctx, x_next, step)
