@@ -41,7 +41,10 @@ class Solver:
     Metadata a caller can read (also through :func:`info`):
 
     ``name``        the registry name (k-diffusion's / ComfyUI's where one exists)
-    ``order``       the convergence order of the deterministic method
+    ``order``       the convergence order of the deterministic method as N → ∞, with its
+                    default options (lower-order final steps off)
+    ``order_with_start`` the order with ``start="singlestep"`` (multistep solvers whose
+                    default warm-up caps ``order``), else None
     ``nfe_per_step`` model calls per step (the last step may use fewer)
     ``kind``        ``"ode"`` or ``"sde"`` (SDE solvers draw noise unless ``eta == 0``)
     ``multistep``   whether the solver reuses model outputs of earlier steps
@@ -51,6 +54,7 @@ class Solver:
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 1
+    order_with_start: ClassVar[int | None] = None
     nfe_per_step: ClassVar[int] = 1
     kind: ClassVar[str] = "ode"
     multistep: ClassVar[bool] = False
@@ -116,6 +120,7 @@ class Solver:
         return dict(
             name=cls.name,
             order=cls.order,
+            order_with_start=cls.order_with_start,
             nfe_per_step=cls.nfe_per_step,
             kind=cls.kind,
             multistep=cls.multistep,

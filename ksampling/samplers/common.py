@@ -31,6 +31,8 @@ __all__ = [
     "MIN_STEP_RATIO_LAMBDA",
     "MIN_STEP_RATIO_SIGMA",
     "linear_combination",
+    "STARTS",
+    "takes_singlestep_start",
     "Stochastic",
     "Multistep",
 ]
@@ -153,6 +155,20 @@ def step_order(
             if degenerate_ratio(step_size(i - k), step_size(i - k + 1), min_ratio):
                 return k
     return p
+
+
+#: How a multistep method takes its first steps, before it has history: ``"lower_order"`` (the
+#: methods' usual warm-up, as k-diffusion and diffusers: step i has order i + 1; its first,
+#: first-order step leaves an O(h²) error, so the method converges with order 2 as N → ∞),
+#: or ``"singlestep"`` (a singlestep method of the full order, several model calls per step,
+#: for the first order − 1 steps: the method keeps its order).
+STARTS = ("lower_order", "singlestep")
+
+
+def takes_singlestep_start(start: str, i: int, order: int, sigma_next: float) -> bool:
+    """Whether step i is one of the starting steps that ``start="singlestep"`` takes with a
+    singlestep method: the first ``order − 1`` steps, but never a step to σ = 0."""
+    return start == "singlestep" and i < order - 1 and sigma_next > 0.0
 
 
 def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float) -> list[int]:

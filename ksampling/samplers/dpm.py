@@ -150,7 +150,7 @@ def _dpm_solver(eps_at, x, lam, lam_next, order, r1=1 / 2, r2=2 / 3):
     in k-diffusion's terms: times λ and ``eps_at(x, λ) = ε``."""
     sigma = _sigma(lam)
     coef = SimpleNamespace(**singlestep_coefficients(sigma, _sigma(lam_next), order, "noise", r1, r2))
-    return singlestep_update(lambda u, s: eps_at(u, -math.log(s)), x, sigma, coef, order, r1, r2)
+    return singlestep_update(lambda u, s: eps_at(u, -math.log(s)), x, eps_at(x, lam), coef, order, r1, r2)
 
 
 def dpm_solver_1(eps_at, x, lam, lam_next):
