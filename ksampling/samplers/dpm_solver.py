@@ -147,6 +147,16 @@ class DPMSolver(Solver):
 
 
 # -- multistep DPM-Solver++(3M) -----------------------------------------------------------
+def dpmpp_step_ratios(sigmas, i: int, order_i: int, h: float) -> dict:
+    """``r0 = h_{i−1}/h`` (order >= 2) and ``r1 = h_{i−2}/h`` (order 3) of step i, in λ."""
+    ratios = {}
+    if order_i >= 2:
+        ratios["r0"] = log_sigma_step(sigmas[i - 1], sigmas[i]) / h
+    if order_i >= 3:
+        ratios["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
+    return ratios
+
+
 def dpmpp_multistep_terms(x_next, history, step):
     """The history terms of DPM-Solver++(2M/3M) (Lu et al. 2022b, App. B), added to the
     first-order step ``x_next``; ``history = [D_i, D_{i−1}, D_{i−2}]``, and ``step`` carries
@@ -239,14 +249,17 @@ class DPMSolverPP3M(Multistep):
         if takes_singlestep_start(self.start, i, 3, sigma_next):
             start = SimpleNamespace(**singlestep_coefficients(sigma, sigma_next, 3, "data"))
         h = log_sigma_step(sigma, sigma_next)
-        coef = dict(start=start, step_order=order_i, a=sigma_next / sigma, b1=h * phi(1, -h), b2=h * phi(2, -h), b3=h * phi(3, -h))
-        if not self.official_coefficients:
-            coef["b3"] *= 2.0
-        if order_i >= 2:
-            coef["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if order_i >= 3:
-            coef["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
-        return coef
+        # the Taylor weight of D2 ≈ h² D''/2 is 2 h φ_3(−h); the reference code's is half of it
+        b3 = h * phi(3, -h) * (1.0 if self.official_coefficients else 2.0)
+        return dict(
+            start=start,
+            step_order=order_i,
+            a=sigma_next / sigma,
+            b1=h * phi(1, -h),
+            b2=h * phi(2, -h),
+            b3=b3,
+            **dpmpp_step_ratios(sigmas, i, order_i, h),
+        )
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)

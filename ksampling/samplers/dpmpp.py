@@ -33,7 +33,7 @@ import torch
 
 from .base import register
 from .common import Multistep, Stochastic, ancestral_step, degenerate_ratio, log_sigma_step, step_order
-from .dpm_solver import dpmpp_multistep_terms
+from .dpm_solver import dpmpp_multistep_terms, dpmpp_step_ratios
 from .validation import check_choice, check_real
 
 __all__ = ["dpmpp_first_order"]
@@ -293,12 +293,7 @@ class DPMPP3MSDE(_MultistepSDE):
         # the history stops at a degenerate step ratio (common.step_order)
         order_i = step_order(i, len(sigmas) - 1, 3, step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]))
         # the weights b2 = φ₂, b3 = −φ₃ of dpm_solver.dpmpp_multistep_terms
-        coeffs = dict(denoise_only=False, step_order=order_i, b2=phi_2, b3=-phi_3, **c)
-        if order_i >= 2:
-            coeffs["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if order_i >= 3:
-            coeffs["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
-        return coeffs
+        return dict(denoise_only=False, step_order=order_i, b2=phi_2, b3=-phi_3, **c, **dpmpp_step_ratios(sigmas, i, order_i, h))
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
