@@ -261,8 +261,9 @@ Written by `python -m benchmarks.convergence_orders`; do not edit by hand.
 
 Every fixed-grid ODE solver, with its default options except lower-order final steps off
 and, for the multistep solvers that have it, `start="singlestep"` (see below), solves the
-probability-flow ODE in float64 from σ = {sigma_max:g} to σ_min = {sigma_min:g} on the Karras grid (ρ = 7, not ending in 0) with N = {steps} steps. The error is the root-mean-square
-error of x(σ_min) over a batch of 4, against
+probability-flow ODE in float64 from σ = {sigma_max:g} to σ_min = {sigma_min:g} on the Karras grid
+(ρ = 7, not ending in 0) with N = {steps} steps. The error is the root-mean-square error of
+x(σ_min) over a batch of 4, against
 
 * **Gaussian**: data N(μ, diag(c²)) in 3 dimensions (c² = 0.04, 0.25, 1), whose ODE solution
   is closed form, x(σ) = μ + (x_T − μ) √((σ² + c²)/(σ_T² + c²));
