@@ -193,3 +193,12 @@ def test_er_sde_in_float16_at_a_large_sigma_max():
     full = ksampling.sample(data, x, grid, "er_sde", generator=torch.Generator().manual_seed(0))
     assert half.dtype == torch.float16 and torch.isfinite(half).all()
     assert (half.to(F64) - full).abs().max() < 0.05
+
+
+def test_ancestral_step_refuses_a_step_up_in_noise():
+    from ksampling.samplers.common import ancestral_step
+
+    with pytest.raises(ValueError, match="sigma_next"):
+        ancestral_step(1.0, 2.0)  # was: math domain error
+    down, up = ancestral_step(2.0, 1.0)
+    assert down**2 + up**2 == pytest.approx(1.0) and up == pytest.approx(math.sqrt(3) / 2)

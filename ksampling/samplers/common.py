@@ -46,6 +46,11 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
     at ``eta = 1`` this is the DDPM posterior variance (Ho et al. 2020) and at ``eta = 0`` the
     deterministic DDIM step (Song et al. 2021, eq. 12), written in the VE state space.
     """
+    if not 0.0 <= sigma_next <= sigma:
+        raise ValueError(
+            f"an ancestral step goes down in noise: need 0 <= sigma_next <= sigma, got sigma={sigma}, "
+            f"sigma_next={sigma_next}"
+        )
     if eta == 0.0 or sigma_next == 0.0:
         return sigma_next, 0.0
     sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
