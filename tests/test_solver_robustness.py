@@ -202,3 +202,17 @@ def test_ancestral_step_refuses_a_step_up_in_noise():
         ancestral_step(1.0, 2.0)  # was: math domain error
     down, up = ancestral_step(2.0, 1.0)
     assert down**2 + up**2 == pytest.approx(1.0) and up == pytest.approx(math.sqrt(3) / 2)
+
+
+@pytest.mark.parametrize("name", sorted(set(ksampling.samplers.available()) - {"dpm_fast", "dpm_adaptive"}))
+def test_a_huge_sigma_max_gives_a_result_or_a_clear_error(name):
+    """Before: OverflowError from σ² in the host math (ancestral split, DDPM's β, the
+    Brownian tree's depth) at σ_max = 1e308."""
+    x = torch.ones(2, 3, dtype=F64) * 1e308
+    try:
+        out = ksampling.sample(lambda x, s: torch.zeros_like(x), x, [1e308, 1.0, 0.0], name,
+                               generator=torch.Generator().manual_seed(0))
+    except ValueError as error:  # a clear one, naming what overflowed
+        assert "noise_scale" in str(error) or "non-finite" in str(error), error
+    else:
+        assert torch.isfinite(out).all()

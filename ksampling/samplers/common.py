@@ -53,8 +53,10 @@ def ancestral_step(sigma: float, sigma_next: float, eta: float = 1.0) -> tuple[f
         )
     if eta == 0.0 or sigma_next == 0.0:
         return sigma_next, 0.0
-    sigma_up = min(sigma_next, eta * math.sqrt(sigma_next**2 * (sigma**2 - sigma_next**2) / sigma**2))
-    sigma_down = math.sqrt(sigma_next**2 - sigma_up**2)
+    # σ_next √(1 − (σ_next/σ)²) and σ_next √(1 − (σ_up/σ_next)²): the squares of σ overflow
+    # from σ = 1e154
+    sigma_up = min(sigma_next, eta * sigma_next * math.sqrt(1.0 - (sigma_next / sigma) ** 2))
+    sigma_down = sigma_next * math.sqrt(1.0 - (sigma_up / sigma_next) ** 2)
     return sigma_down, sigma_up
 
 

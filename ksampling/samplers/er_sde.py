@@ -107,7 +107,10 @@ class ERSDE(Stochastic, Multistep):
         return self.s_noise > 0 and self.noise_scale_name != "ode"
 
     def _phi(self, sigma: float) -> float:
-        value = float(self.scale(sigma))
+        try:
+            value = float(self.scale(sigma))
+        except OverflowError:
+            value = math.inf
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"noise_scale({sigma:g}) = {value}; it must be positive and finite for sigma > 0")
         return value
