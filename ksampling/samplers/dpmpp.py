@@ -144,8 +144,8 @@ class DPMPPSDE(Stochastic):
         if step.mid_noise_std > 0:
             x_mid = ctx.add_noise(x_mid, step.mid_noise_std, step.sigma, step.sigma_mid)
         # D' = (1 − 1/(2r)) D + 1/(2r) D(u; σ_s)
-        denoised_d = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
-        x = torch.lerp(x, denoised_d, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D'
+        denoised_prime = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
+        x = torch.lerp(x, denoised_prime, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D′
         return self.add_noise(ctx, x, step)
 
 
@@ -174,16 +174,18 @@ class DPMPP2M(Multistep):
         if i > 0 and sigma_next > 0:
             h_last, h = log_sigma_step(sigmas[i - 1], sigma), log_sigma_step(sigma, sigma_next)
             if not degenerate_ratio(h_last, h):  # else first order: D_{i−1} is too close or too far
-                weight_old = -1 / (2 * (h_last / h))
+                r = h_last / h
+                weight_old = -1 / (2 * r)
         return dict(phi=phi, weight_old=weight_old)
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
-        denoised_d = denoised
+        denoised_prime = denoised  # D′
         if step.weight_old != 0.0:
-            denoised_d = torch.lerp(denoised, self.history[0], step.weight_old)  # D' = (1 − w) D_i + w D_{i−1}
+            # D′ = (1 + 1/(2r)) D_i − 1/(2r) D_{i−1} = lerp(D_i, D_{i−1}, −1/(2r))
+            denoised_prime = torch.lerp(denoised, self.history[0], step.weight_old)
         self.remember(denoised, 1)
-        return torch.lerp(x, denoised_d, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D'
+        return torch.lerp(x, denoised_prime, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D′
 
 
 class _MultistepSDE(Stochastic, Multistep):
