@@ -216,3 +216,20 @@ def test_a_huge_sigma_max_gives_a_result_or_a_clear_error(name):
         assert "noise_scale" in str(error) or "non-finite" in str(error), error
     else:
         assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", sorted({name for name, _ in MULTISTEP_ODE}))
+def test_a_zero_gap_is_rejected_naming_the_two_sigmas(name):
+    """The other side of the tiny gap: a repeated sigma (gap 0) has no step to take and is
+    refused before the first model call, naming both sigmas."""
+    base = karras_grid(8).tolist()
+    grid = base[:4] + [base[3]] + base[4:]
+    calls = []
+
+    def model(x, sigma):
+        calls.append(1)
+        return torch.zeros_like(x)
+
+    with pytest.raises(ValueError, match=r"sigmas\[3\] = .* is not greater than sigmas\[4\]"):
+        ksampling.sample(model, _start(), grid, name)
+    assert not calls
