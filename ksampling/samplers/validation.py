@@ -9,7 +9,10 @@ tolerance is never what a caller meant, and it turns into NaN inside the loop.
 from __future__ import annotations
 
 import math
+from numbers import Real
 from typing import Any, Sequence
+
+import torch
 
 __all__ = [
     "check_real",
@@ -33,9 +36,14 @@ def check_real(
     high_open: bool = False,
     allow_inf: bool = False,
 ) -> float:
-    """A real number (not bool), not NaN, finite unless ``allow_inf``, in the interval
-    ``[low, high]`` (ends excluded with ``low_open`` / ``high_open``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    """A real number (not bool; numpy scalars and one-element tensors too), not NaN, finite
+    unless ``allow_inf``, in the interval ``[low, high]`` (ends excluded with ``low_open`` /
+    ``high_open``). Options are read once, on the host, before any loop."""
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1 or value.is_complex():
+            raise ValueError(f"{name} must be a real scalar, got a tensor of shape {tuple(value.shape)}")
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
     value = float(value)
     if math.isnan(value):
@@ -52,13 +60,10 @@ def check_real(
 
 def check_nonnegative(name: str, value: Any, *, allow_inf: bool = False) -> float:
     """A real number >= 0 (finite unless ``allow_inf``, e.g. ``s_tmax = inf``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
+    value = check_real(name, value, allow_inf=allow_inf)
+    if value < 0:
         raise ValueError(f"{name} must be >= 0, got {value}")
-    if math.isinf(value) and not allow_inf:
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
+    return value
 
 
 def check_positive(name: str, value: Any) -> float:
