@@ -233,3 +233,46 @@ def test_a_zero_gap_is_rejected_naming_the_two_sigmas(name):
     with pytest.raises(ValueError, match=r"sigmas\[3\] = .* is not greater than sigmas\[4\]"):
         ksampling.sample(model, _start(), grid, name)
     assert not calls
+
+
+# -- start="singlestep": the first steps of a multistep method by a singlestep one -------------
+def test_singlestep_start_of_dpmpp_3m_and_deis_is_dpm_solver_3():
+    data, x = _data(), _start()
+    grid = [80.0, 9.0, 1.5]  # both steps are start steps (order − 1 = 2)
+    for name, options, algorithm in [
+        ("dpmpp_3m", {}, "data"),
+        ("deis", {}, "noise"),
+        ("deis", dict(prediction="data"), "data"),
+    ]:
+        ours, run = ksampling.sample(data, x, grid, name, start="singlestep", return_info=True, **options)
+        reference = ksampling.sample(data, x, grid, "dpm_solver", order=3, algorithm=algorithm)
+        torch.testing.assert_close(ours, reference, rtol=1e-13, atol=1e-13)
+        assert run.nfe == 6
+
+
+def test_singlestep_start_of_lms_is_classical_rk4():
+    data, x = _data(), _start()
+    grid = [80.0, 20.0, 5.0, 1.0]  # three start steps for order 4
+
+    def rk4(x, sigma, sigma_next):  # written from the tableau, on dx/dσ = (x − D)/σ
+        def d(u, s):
+            return (u - data(u, torch.full((u.shape[0],), s, dtype=F64))) / s
+
+        dt = sigma_next - sigma
+        k1 = d(x, sigma)
+        k2 = d(x + dt / 2 * k1, sigma + dt / 2)
+        k3 = d(x + dt / 2 * k2, sigma + dt / 2)
+        k4 = d(x + dt * k3, sigma_next)
+        return x + dt / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+    expected = x
+    for sigma, sigma_next in zip(grid, grid[1:]):
+        expected = rk4(expected, sigma, sigma_next)
+    ours, run = ksampling.sample(data, x, grid, "lms", start="singlestep", return_info=True)
+    torch.testing.assert_close(ours, expected, rtol=1e-13, atol=1e-13)
+    assert run.nfe == 12
+    # after the start, one model call per step; the default start is k-diffusion's
+    _, run = ksampling.sample(data, x, karras_grid(10), "lms", start="singlestep", return_info=True)
+    assert run.nfe == 10 + 3 * 3
+    with pytest.raises(ValueError, match="start"):
+        ksampling.sample(data, x, karras_grid(4), "lms", start="runge_kutta")

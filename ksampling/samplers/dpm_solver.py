@@ -39,12 +39,18 @@ def _transfer(sigma: float, sigma_to: float, algorithm: str) -> tuple[float, flo
     return 1.0, -sigma_to * h, h
 
 
+def default_r1(order: int) -> float:
+    """The papers' first intermediate point: r1 = 1/2 for order 2, 1/3 for order 3."""
+    return 0.5 if order == 2 else 1.0 / 3.0
+
+
 def singlestep_coefficients(
-    sigma: float, sigma_next: float, order: int, algorithm: str, r1: float = 0.5, r2: float = 2 / 3
+    sigma: float, sigma_next: float, order: int, algorithm: str, r1: float | None = None, r2: float = 2 / 3
 ) -> dict:
     """Host-side scalars of one singlestep DPM-Solver step σ → σ_next > 0 (see
     :class:`DPMSolver`): ``a, b1, b2`` of the full step and, for the intermediate points
     σ_r = σ e^{−r h}, ``sigma_r1, a_r1, b1_r1`` and ``sigma_r2, a_r2, b1_r2, b2_r2``."""
+    r1 = default_r1(order) if r1 is None else r1
     h = log_sigma_step(sigma, sigma_next)
     a, b, z = _transfer(sigma, sigma_next, algorithm)
     coef = dict(a=a, b1=b * phi(1, z), b2=b * phi(2, z))
@@ -59,7 +65,7 @@ def singlestep_coefficients(
     return coef
 
 
-def singlestep_update(predict, x, p_0, c, order: int, r1: float = 0.5, r2: float = 2 / 3):
+def singlestep_update(predict, x, p_0, c, order: int, r1: float | None = None, r2: float = 2 / 3):
     """One singlestep DPM-Solver step with the scalars ``c`` of :func:`singlestep_coefficients`
     (read as attributes), from ``p_0 = P(x; σ)``; ``predict(u, sigma)`` is the prediction P
     (D or ε) at a later stage:
@@ -71,6 +77,7 @@ def singlestep_update(predict, x, p_0, c, order: int, r1: float = 0.5, r2: float
     """
     if order == 1:
         return x * c.a + p_0 * c.b1
+    r1 = default_r1(order) if r1 is None else r1
     u_1 = x * c.a_r1 + p_0 * c.b1_r1
     p_1 = predict(u_1, c.sigma_r1)
     if order == 2:
@@ -119,7 +126,7 @@ class DPMSolver(Solver):
         self.solver_order = check_int("order", order, 1, 3)
         self.algorithm = check_choice("algorithm", algorithm, ("data", "noise"))
         if r1 is None:
-            r1 = 0.5 if self.solver_order == 2 else 1.0 / 3.0
+            r1 = default_r1(self.solver_order)
         if r2 is None:
             r2 = 2.0 / 3.0
         self.r1 = check_fraction("r1", r1)
