@@ -188,6 +188,9 @@ class DPMPP2M(Multistep):
         return torch.lerp(x, denoised_prime, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D′
 
 
+_Multistep = Multistep  # its former name here, for branches written against it
+
+
 class _MultistepSDE(Stochastic, Multistep):
     default_noise = "brownian"
 
