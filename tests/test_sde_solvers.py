@@ -249,7 +249,7 @@ def test_metadata():
         cls = ksampling.samplers.get(name)
         assert cls.default_noise == "brownian" and cls.kind == "sde"
         assert not cls(eta=0.0).draws_noise and cls().draws_noise
-    assert info("lms")["order"] == 4 and info("lms")["multistep"]
+    assert info("lms")["order"] == 2 and info("lms")["order_with_start"] == 4 and info("lms")["multistep"]
     assert info("dpmpp_2m")["multistep"] and not info("dpmpp_2s_ancestral")["multistep"]
 
 

@@ -11,31 +11,23 @@ import math
 
 import torch
 
-from .base import Solver, check_choice, check_nonnegative, register
-from .common import ancestral_step
+from .base import Solver, register
+from .validation import check_choice, check_nonnegative
+from .common import Stochastic, ancestral_step
 
 
-class _Ancestral(Solver):
-    kind = "sde"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0
+class _Ancestral(Stochastic):
+    """A deterministic step to σ_down, then ``add_noise`` adds S_noise σ_up z."""
 
     def coefficients(self, sigmas, i):
         sigma_down, sigma_up = ancestral_step(sigmas[i], sigmas[i + 1], self.eta)
-        # the Euler/DDIM step σ → σ_down moves x this fraction of the way to D
-        return dict(sigma_down=sigma_down, sigma_up=sigma_up, euler_weight=1 - sigma_down / sigmas[i])
-
-    def add_noise(self, ctx, x, step):
-        """x + S_noise σ_up z."""
-        if step.sigma_up == 0.0:
-            return x
-        return torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * step.sigma_up)
+        return dict(
+            sigma_down=sigma_down,
+            sigma_up=sigma_up,
+            noise_std=self.s_noise * sigma_up,
+            # the Euler/DDIM step σ → σ_down moves x this fraction of the way to D
+            euler_weight=1 - sigma_down / sigmas[i],
+        )
 
 
 @register
@@ -109,17 +101,20 @@ class DDPM(Solver):
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
-        alphabar, alphabar_next = 1 / (1 + sigma**2), 1 / (1 + sigma_next**2)
-        beta = 1 - alphabar / alphabar_next
-        beta_tilde = beta * (1 - alphabar_next) / (1 - alphabar)
+        # With q = σ_next/σ: β = (σ² − σ_next²)/(1 + σ²) = (1 − q²)/(1 + 1/σ²) and
+        # β̃ = β (1 − ᾱ_next)/(1 − ᾱ) = (1 − q²) σ_next²/(1 + σ_next²), written without σ²,
+        # which overflows from σ = 1e154.
+        shrink = 1 - (sigma_next / sigma) ** 2  # 1 − q²
+        # VP-space variances to VE space: divide by ᾱ_next, i.e. multiply by 1 + σ_next²
+        ve_std_scale = math.hypot(1.0, sigma_next)  # √(1 + σ_next²)
+        log_beta = math.log(shrink) - math.log1p((1 / sigma) ** 2)
         return dict(
-            to_denoised=1 - (sigma_next / sigma) ** 2,  # mean = D + (σ_next²/σ²)(x − D) = lerp(x, D, this)
-            log_beta=math.log(beta),
-            log_beta_tilde=math.log(beta_tilde) if beta_tilde > 0 else -math.inf,
-            # VP-space variances to VE space: divide by ᾱ_next, i.e. multiply by 1 + σ_next²
-            ve_scale=1 + sigma_next**2,
-            std_small=math.sqrt(beta_tilde * (1 + sigma_next**2)),
-            std_large=math.sqrt(beta * (1 + sigma_next**2)),
+            to_denoised=shrink,  # mean = D + (σ_next²/σ²)(x − D) = lerp(x, D, 1 − q²)
+            log_beta=log_beta,
+            log_beta_tilde=math.log(shrink) + 2 * (math.log(sigma_next) - math.log(ve_std_scale)) if sigma_next > 0 else -math.inf,
+            ve_std_scale=ve_std_scale,
+            std_small=sigma_next * math.sqrt(shrink),  # √(β̃ (1 + σ_next²))
+            std_large=math.exp(0.5 * log_beta) * ve_std_scale,  # √(β (1 + σ_next²))
         )
 
     def step(self, ctx, x, step):
@@ -131,11 +126,11 @@ class DDPM(Solver):
         mean = torch.lerp(x, denoised, step.to_denoised)  # x̂0 + (σ_next²/σ²)(x − x̂0)
         if step.to_zero:
             return mean
-        noise = ctx.noise(step.sigma, step.sigma_next)
-        if learned is not None:
+        if learned is not None:  # a per-element std: the one noise line that is not ctx.add_noise
+            noise = ctx.noise(step.sigma, step.sigma_next)
             return torch.addcmul(mean, noise, self._learned_std(learned, step), value=self.s_noise)
         std = step.std_large if self.variance == "large" else step.std_small
-        return torch.add(mean, noise, alpha=self.s_noise * std)
+        return ctx.add_noise(mean, self.s_noise * std, step.sigma, step.sigma_next)
 
     @staticmethod
     def _learned_std(learned, step) -> torch.Tensor:
@@ -144,4 +139,4 @@ class DDPM(Solver):
             log_var = frac * step.log_beta + (1 - frac) * step.log_beta_tilde
         else:
             log_var = learned.value
-        return torch.exp(0.5 * log_var) * math.sqrt(step.ve_scale)
+        return torch.exp(0.5 * log_var) * step.ve_std_scale

@@ -41,7 +41,10 @@ class Solver:
     Metadata a caller can read (also through :func:`info`):
 
     ``name``        the registry name (k-diffusion's / ComfyUI's where one exists)
-    ``order``       the convergence order of the deterministic method
+    ``order``       the convergence order of the deterministic method as N → ∞, with its
+                    default options (lower-order final steps off)
+    ``order_with_start`` the order with ``start="singlestep"`` (multistep solvers whose
+                    default warm-up caps ``order``), else None
     ``nfe_per_step`` model calls per step (the last step may use fewer)
     ``kind``        ``"ode"`` or ``"sde"`` (SDE solvers draw noise unless ``eta == 0``)
     ``multistep``   whether the solver reuses model outputs of earlier steps
@@ -53,6 +56,7 @@ class Solver:
 
     name: ClassVar[str] = ""
     order: ClassVar[int] = 1
+    order_with_start: ClassVar[int | None] = None
     nfe_per_step: ClassVar[int] = 1
     kind: ClassVar[str] = "ode"
     multistep: ClassVar[bool] = False
@@ -119,6 +123,7 @@ class Solver:
         return dict(
             name=cls.name,
             order=cls.order,
+            order_with_start=cls.order_with_start,
             nfe_per_step=cls.nfe_per_step,
             kind=cls.kind,
             multistep=cls.multistep,
@@ -187,25 +192,5 @@ def info(name: str) -> dict[str, Any]:
     return get(name).describe()
 
 
-# -- helpers for solver option validation --------------------------------------------------
-def check_nonnegative(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if math.isnan(value) or value < 0:
-        raise ValueError(f"{name} must be >= 0, got {value}")
-    return float(value)
-
-
-def check_choice(name: str, value: Any, choices: Sequence[Any]) -> Any:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(map(repr, choices))}; got {value!r}")
-    return value
-
-
-def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < low or (high is not None and value > high):
-        span = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ValueError(f"{name} must be {span}, got {value}")
-    return value
+# Option validators live in .validation; re-exported here for the modules that import them from base.
+from .validation import check_choice, check_int, check_nonnegative  # noqa: E402,F401

@@ -116,10 +116,13 @@ class BatchedBrownianTree:
         self.sign = 1.0 if t0 < t1 else -1.0
         self.t0, self.t1 = min(t0, t1), max(t0, t1)
         self.span = self.t1 - self.t0
+        if not math.isfinite(self.span):
+            raise ValueError(f"the interval t0 = {t0:g} .. t1 = {t1:g} is too long for float64")
         tol = _host_float(tol, "tol")
         if tol <= 0:
             raise ValueError(f"tol must be > 0, got {tol}")
-        self.depth = min(_MAX_DEPTH, max(1, math.ceil(math.log2(self.span / tol))))
+        # log2(span) − log2(tol), not log2(span/tol): the quotient overflows for huge spans
+        self.depth = min(_MAX_DEPTH, max(1, math.ceil(math.log2(self.span) - math.log2(tol))))
 
         batch = x.shape[0]
         if seed is not None and generator is not None:

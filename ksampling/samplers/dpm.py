@@ -28,13 +28,16 @@ non-zero sigma below ``sigmas[0]`` (one step to 0) is answered with ``x = D(x; s
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import torch
 from tqdm.auto import tqdm
 
 from .ancestral import _Ancestral
-from .base import Solver, Step, check_int, check_nonnegative, register
-from .common import ancestral_step
+from .base import Step, register
+from .validation import check_int, check_nonnegative, check_positive, check_real
+from .common import Stochastic, ancestral_step
+from .dpm_solver import singlestep_coefficients, singlestep_update
 from .euler import _ChurnSolver
 
 __all__ = ["PIDStepSizeController", "dpm_solver_1", "dpm_solver_2", "dpm_solver_3"]
@@ -142,36 +145,27 @@ class _EpsCache:
         return eps
 
 
+def _dpm_solver(eps_at, x, lam, lam_next, order, r1=1 / 2, r2=2 / 3):
+    """One step of :class:`~ksampling.samplers.dpm_solver.DPMSolver` with noise prediction,
+    in k-diffusion's terms: times λ and ``eps_at(x, λ) = ε``."""
+    sigma = _sigma(lam)
+    coef = SimpleNamespace(**singlestep_coefficients(sigma, _sigma(lam_next), order, "noise", r1, r2))
+    return singlestep_update(lambda u, s: eps_at(u, -math.log(s)), x, eps_at(x, lam), coef, order, r1, r2)
+
+
 def dpm_solver_1(eps_at, x, lam, lam_next):
     """DPM-Solver-1: x_next = x − σ_next (e^h − 1) ε."""
-    h = lam_next - lam
-    return x - eps_at(x, lam) * (_sigma(lam_next) * math.expm1(h))
+    return _dpm_solver(eps_at, x, lam, lam_next, 1)
 
 
 def dpm_solver_2(eps_at, x, lam, lam_next, r1=1 / 2):
     """DPM-Solver-2 (Lu et al. 2022, Algorithm 4) with the intermediate point λ + r₁h."""
-    h = lam_next - lam
-    eps = eps_at(x, lam)
-    lam_1 = lam + r1 * h
-    u1 = x - eps * (_sigma(lam_1) * math.expm1(r1 * h))
-    eps_1 = eps_at(u1, lam_1)
-    sigma_next = _sigma(lam_next)
-    return x - eps * (sigma_next * math.expm1(h)) - (eps_1 - eps) * (sigma_next / (2 * r1) * math.expm1(h))
+    return _dpm_solver(eps_at, x, lam, lam_next, 2, r1=r1)
 
 
 def dpm_solver_3(eps_at, x, lam, lam_next, r1=1 / 3, r2=2 / 3):
     """DPM-Solver-3 (Lu et al. 2022, Algorithm 5)."""
-    h = lam_next - lam
-    eps = eps_at(x, lam)
-    lam_1, lam_2 = lam + r1 * h, lam + r2 * h
-    sigma_1, sigma_2, sigma_next = _sigma(lam_1), _sigma(lam_2), _sigma(lam_next)
-    u1 = x - eps * (sigma_1 * math.expm1(r1 * h))
-    eps_1 = eps_at(u1, lam_1)
-    phi_2_r2 = math.expm1(r2 * h) / (r2 * h) - 1
-    u2 = x - eps * (sigma_2 * math.expm1(r2 * h)) - (eps_1 - eps) * (sigma_2 * (r2 / r1) * phi_2_r2)
-    eps_2 = eps_at(u2, lam_2)
-    phi_2 = math.expm1(h) / h - 1
-    return x - eps * (sigma_next * math.expm1(h)) - (eps_2 - eps) * (sigma_next / r2 * phi_2)
+    return _dpm_solver(eps_at, x, lam, lam_next, 3, r1=r1, r2=r2)
 
 
 _DPM_SOLVER_STEPS = {1: dpm_solver_1, 2: dpm_solver_2, 3: dpm_solver_3}
@@ -201,28 +195,13 @@ def _denoise_once(ctx, x, sigma: float):
     return ctx.denoise(x, sigma)
 
 
-def _check_real(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{name} must be finite, got {value}")
-    return float(value)
-
-
-class _OffGrid(Solver):
+class _OffGrid(Stochastic):
     """A solver that steps between sigmas of its own (it overrides :meth:`Solver.run`). Its
     Steps carry ``on_grid=False``: the callback then reports ``step.sigma`` instead of the
-    caller's grid at ``step.index``."""
+    caller's grid at ``step.index``. An ODE solver at its default ``eta = 0``."""
 
+    kind = "ode"
     fixed_grid = False
-
-    def __init__(self, eta: float, s_noise: float):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
 
 @register
@@ -287,8 +266,7 @@ class DPMFast(_OffGrid):
             ctx.begin_step(step)
             update = _DPM_SOLVER_STEPS[step.solver_order]
             x = update(_EpsCache(ctx), x, step.lam, step.lam_target)
-            if step.noise_std > 0:
-                x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
+            x = self.add_noise(ctx, x, step)
         return x
 
 
@@ -317,7 +295,11 @@ class PIDStepSizeController:
             self.inv_errors = [inv_error] * 3
         self.inv_errors[0] = inv_error
         e0, e1, e2 = self.inv_errors
-        factor = 1 + math.atan(e0**self.b1 * e1**self.b2 * e2**self.b3 - 1)
+        try:
+            product = e0**self.b1 * e1**self.b2 * e2**self.b3
+        except (OverflowError, ZeroDivisionError):  # only for extreme errors and coefficients
+            product = math.inf
+        factor = 1 + math.atan(product - 1)
         accept = factor >= self.accept_safety
         if accept:
             self.inv_errors = [e0, e0, e1]
@@ -339,6 +321,10 @@ class DPMAdaptive(_OffGrid):
     (one number for the whole batch, as in k-diffusion) drives a :class:`PIDStepSizeController`
     (``order`` 1.5 when eta > 0). An accepted attempt moves to ``x_high``; ``eta > 0`` adds
     ancestral noise as in ``dpm_fast``.
+
+    The controller options are checked: ``h_init`` > 0 and finite, ``accept_safety`` in
+    [0, 1], ``pcoeff + icoeff + dcoeff > 0``; ``max_attempts`` (10 000) bounds the attempts,
+    and a run that needs more, or whose step size underflows, raises a ``RuntimeError``.
 
     Reading E is one host sync per attempt: the step-size control needs it. NFE, accepted and
     rejected attempts are returned in ``sample(..., return_info=True)``. The run ends at σ_min
@@ -362,6 +348,7 @@ class DPMAdaptive(_OffGrid):
         accept_safety: float = 0.81,
         eta: float = 0.0,
         s_noise: float = 1.0,
+        max_attempts: int = 10_000,
     ):
         super().__init__(eta, s_noise)
         self.solver_order = check_int("order", order, 2, 3)
@@ -369,11 +356,19 @@ class DPMAdaptive(_OffGrid):
         self.atol = check_nonnegative("atol", atol)
         if self.rtol == 0 and self.atol == 0:
             raise ValueError("rtol and atol cannot both be 0")
-        self.h_init = check_nonnegative("h_init", h_init)
-        if self.h_init == 0:
-            raise ValueError("h_init must be > 0")
-        self.pcoeff, self.icoeff, self.dcoeff = (_check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
-        self.accept_safety = check_nonnegative("accept_safety", accept_safety)
+        self.h_init = check_positive("h_init", h_init)
+        self.pcoeff, self.icoeff, self.dcoeff = (check_real(n, v) for n, v in (("pcoeff", pcoeff), ("icoeff", icoeff), ("dcoeff", dcoeff)))
+        if not self.pcoeff + self.icoeff + self.dcoeff > 0:
+            # β₁ = (p + i + d)/order is the exponent of the newest error: with β₁ <= 0 a larger
+            # error makes a larger step and the controller never settles
+            raise ValueError(
+                f"pcoeff + icoeff + dcoeff must be > 0 (the step must shrink when the error grows), "
+                f"got {self.pcoeff} + {self.icoeff} + {self.dcoeff}"
+            )
+        # factor = 1 + atan(·) lies in (1 − π/4, 1 + π/2): accept_safety > 1 would reject steps
+        # while growing them, and above 1 + π/2 nothing is ever accepted
+        self.accept_safety = check_real("accept_safety", accept_safety, low=0.0, high=1.0)
+        self.max_attempts = check_int("max_attempts", max_attempts, 1)
 
     def run(self, ctx, x, steps):
         sigma_max, sigma_min = _range(steps)
@@ -389,6 +384,15 @@ class DPMAdaptive(_OffGrid):
         attempts = accepted = rejected = 0
         bar = tqdm(desc="dpm_adaptive", unit="attempt", leave=False, disable=not ctx.show_progress)
         while lam < lam_end - 1e-5:
+            if attempts == self.max_attempts or not lam + pid.h > lam:
+                bar.close()
+                raise RuntimeError(
+                    f"dpm_adaptive stopped after {attempts} attempts ({accepted} accepted) at "
+                    f"sigma={_sigma(lam):g}, short of sigma_min={sigma_min:g} (step size h={pid.h:g} "
+                    f"in log sigma); the tolerances "
+                    f"rtol={self.rtol:g}, atol={self.atol:g} may be unreachable for this model, or "
+                    f"raise max_attempts={self.max_attempts}"
+                )
             lam_next = min(lam_end, lam + pid.h)
             lam_target, noise_std = _ancestral_target(lam, lam_next, lam_end, self.eta)
             step = Step(
@@ -404,7 +408,8 @@ class DPMAdaptive(_OffGrid):
             if not math.isfinite(error):
                 raise ValueError(
                     f"dpm_adaptive: the error estimate is {error} at sigma={step.sigma:g}; "
-                    "the model returned non-finite values or atol = 0 met a zero state"
+                    "the model returned non-finite values, or the tolerances (rtol, atol) are so small "
+                    "that the scaled error overflows, or atol = 0 met a zero state"
                 )
             accept = pid.propose_step(error)
             # read by the k-diffusion drop-in, whose callback reports k-diffusion's 'error' and 'h'
@@ -412,8 +417,7 @@ class DPMAdaptive(_OffGrid):
             if accept:
                 x_prev = x_low
                 x = x_high
-                if noise_std > 0:
-                    x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=self.s_noise * noise_std)
+                x = self.add_noise(ctx, x, step, self.s_noise * noise_std)
                 lam = lam_next
                 accepted += 1
             else:

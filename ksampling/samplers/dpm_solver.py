@@ -17,123 +17,16 @@ the limit of its first-order rule, ``x ← D(x; σ)``.
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from types import SimpleNamespace
 
-import numpy as np
-import torch
+from .base import Solver, register
+from .common import STARTS, Multistep, log_sigma_step, phi, step_order, takes_singlestep_start
+from .validation import check_bool, check_choice, check_fraction, check_int, check_threshold
 
-from .base import Solver, check_choice, check_int, register
-from .common import log_sigma_step
+# The shared helpers used to live here; adams.py and res_multistep.py still import them from here.
+from .common import lagrange_exp_weights, linear_combination, step_orders  # noqa: E402,F401
 
-__all__ = [
-    "phi",
-    "lagrange_exp_weights",
-    "step_order",
-    "step_orders",
-    "check_bool",
-    "check_fraction",
-    "check_threshold",
-    "linear_combination",
-    "DPMSolver",
-    "DPMSolverPP3M",
-]
-
-
-# -- host-side helpers (plain float64) ------------------------------------------------------
-def phi(k: int, z: float) -> float:
-    """φ_k(z) = ∫_0^1 e^{(1−θ) z} θ^{k−1}/(k−1)! dθ, with φ_0(z) = e^z.
-
-    Recurrence φ_{k+1}(z) = (φ_k(z) − 1/k!) / z for |z| >= 1; the power series
-    Σ_j z^j / (j + k)! near 0, where the recurrence would cancel.
-    """
-    if k == 0:
-        return math.exp(z)
-    if abs(z) < 1.0:
-        term = 1.0 / math.factorial(k)
-        total = term
-        for j in range(1, 40):
-            term *= z / (j + k)
-            total += term
-        return total
-    value = math.expm1(z) / z
-    for j in range(1, k):
-        value = (value - 1.0 / math.factorial(j)) / z
-    return value
-
-
-def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
-    """Weights ``w_j = ∫_0^1 e^{z(1−θ)} ℓ_j(θ) dθ`` of the Lagrange basis ℓ_j on ``nodes``.
-
-    With the nodes in units of the step (θ_j = (t_j − t)/(t_next − t)), ``Σ_j w_j f_j`` is the
-    exact exponentially weighted integral of the polynomial through the points (θ_j, f_j):
-    the Adams–Bashforth rule of an exponential integrator (z = −h for data prediction,
-    z = h for noise prediction, z = 0 for a plain Adams–Bashforth step).
-    Uses ``∫_0^1 e^{z(1−θ)} θ^k dθ = k! φ_{k+1}(z)``.
-    """
-    nodes = [float(t) for t in nodes]
-    moments = [math.factorial(k) * phi(k + 1, z) for k in range(len(nodes))]
-    weights = []
-    for j, node in enumerate(nodes):
-        others = [t for m, t in enumerate(nodes) if m != j]
-        denominator = math.prod(node - t for t in others)
-        # monomial coefficients (lowest degree first) of prod_{m != j} (θ − θ_m)
-        coeffs = np.polynomial.polynomial.polyfromroots(others) if others else np.array([1.0])
-        weights.append(float(np.dot(coeffs, moments[: len(coeffs)])) / denominator)
-    return weights
-
-
-def step_order(i: int, n_steps: int, order: int, lower_order_final: bool, below: float) -> int:
-    """The order step i of a multistep method uses.
-
-    Step i has at most i + 1 points of history (warm-up with lower orders). With
-    ``lower_order_final`` and fewer than ``below`` steps, step i also uses at most
-    ``n_steps − i`` points, so the last step is first order and the one before second order
-    (DPM-Solver, UniPC, DEIS do this: high-order steps at the smallest σ are unstable when
-    the steps are few and large).
-    """
-    p = min(order, i + 1)
-    if lower_order_final and n_steps < below:
-        p = min(p, n_steps - i)
-    return p
-
-
-def step_orders(n_steps: int, order: int, lower_order_final: bool, below: float) -> list[int]:
-    """:func:`step_order` for every step of a grid of ``n_steps`` steps."""
-    return [step_order(i, n_steps, order, lower_order_final, below) for i in range(n_steps)]
-
-
-def check_bool(name: str, value) -> bool:
-    """A solver option that must be True or False (TypeError naming it otherwise)."""
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {type(value).__name__}")
-    return value
-
-
-def check_fraction(name: str, value) -> float:
-    """A number strictly between 0 and 1 (singlestep intermediate points r1, r2)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    if not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be in (0, 1), got {value}")
-    return float(value)
-
-
-def check_threshold(name: str, value) -> float:
-    """A number of steps >= 1, or ``math.inf`` (``lower_order_final_below``)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of steps, got {type(value).__name__}")
-    if math.isnan(value) or value < 1:
-        raise ValueError(f"{name} must be >= 1 (a number of steps, or math.inf for always), got {value}")
-    return float(value)
-
-
-def linear_combination(x, x_weight: float, tensors: Sequence, weights: Sequence[float]):
-    """``x_weight·x + Σ_j weights[j]·tensors[j]`` with host-side float weights (zeros skipped)."""
-    out = x * x_weight
-    for tensor, weight in zip(tensors, weights):
-        if weight != 0.0:
-            out = torch.add(out, tensor, alpha=weight)
-    return out
+__all__ = ["DPMSolver", "DPMSolverPP3M", "singlestep_coefficients", "singlestep_update"]
 
 
 # -- singlestep DPM-Solver ----------------------------------------------------------------
@@ -144,6 +37,54 @@ def _transfer(sigma: float, sigma_to: float, algorithm: str) -> tuple[float, flo
     if algorithm == "data":
         return sigma_to / sigma, h, -h
     return 1.0, -sigma_to * h, h
+
+
+def default_r1(order: int) -> float:
+    """The papers' first intermediate point: r1 = 1/2 for order 2, 1/3 for order 3."""
+    return 0.5 if order == 2 else 1.0 / 3.0
+
+
+def singlestep_coefficients(
+    sigma: float, sigma_next: float, order: int, algorithm: str, r1: float | None = None, r2: float = 2 / 3
+) -> dict:
+    """Host-side scalars of one singlestep DPM-Solver step σ → σ_next > 0 (see
+    :class:`DPMSolver`): ``a, b1, b2`` of the full step and, for the intermediate points
+    σ_r = σ e^{−r h}, ``sigma_r1, a_r1, b1_r1`` and ``sigma_r2, a_r2, b1_r2, b2_r2``."""
+    r1 = default_r1(order) if r1 is None else r1
+    h = log_sigma_step(sigma, sigma_next)
+    a, b, z = _transfer(sigma, sigma_next, algorithm)
+    coef = dict(a=a, b1=b * phi(1, z), b2=b * phi(2, z))
+    if order >= 2:
+        sigma_r1 = sigma * math.exp(-r1 * h)
+        a1, bb1, z1 = _transfer(sigma, sigma_r1, algorithm)
+        coef.update(sigma_r1=sigma_r1, a_r1=a1, b1_r1=bb1 * phi(1, z1))
+    if order == 3:
+        sigma_r2 = sigma * math.exp(-r2 * h)
+        a2, bb2, z2 = _transfer(sigma, sigma_r2, algorithm)
+        coef.update(sigma_r2=sigma_r2, a_r2=a2, b1_r2=bb2 * phi(1, z2), b2_r2=bb2 * phi(2, z2))
+    return coef
+
+
+def singlestep_update(predict, x, p_0, c, order: int, r1: float | None = None, r2: float = 2 / 3):
+    """One singlestep DPM-Solver step with the scalars ``c`` of :func:`singlestep_coefficients`
+    (read as attributes), from ``p_0 = P(x; σ)``; ``predict(u, sigma)`` is the prediction P
+    (D or ε) at a later stage:
+
+        order 1: x_next = A x + B φ_1 P_0
+        order 2: u_1 = A_{r1} x + B_{r1} φ_1 P_0,  x_next = A x + B φ_1 P_0 + B φ_1 (P(u_1) − P_0)/(2 r1)
+        order 3: u_2 = A_{r2} x + B_{r2} [φ_1 P_0 + φ_2 (r2/r1) (P(u_1) − P_0)],
+                 x_next = A x + B [φ_1 P_0 + φ_2 (P(u_2) − P_0)/r2]
+    """
+    if order == 1:
+        return x * c.a + p_0 * c.b1
+    r1 = default_r1(order) if r1 is None else r1
+    u_1 = x * c.a_r1 + p_0 * c.b1_r1
+    p_1 = predict(u_1, c.sigma_r1)
+    if order == 2:
+        return x * c.a + p_0 * c.b1 + (p_1 - p_0) * (c.b1 / (2 * r1))
+    u_2 = x * c.a_r2 + p_0 * c.b1_r2 + (p_1 - p_0) * (c.b2_r2 * r2 / r1)
+    p_2 = predict(u_2, c.sigma_r2)
+    return x * c.a + p_0 * c.b1 + (p_2 - p_0) * (c.b2 / r2)
 
 
 @register
@@ -185,7 +126,7 @@ class DPMSolver(Solver):
         self.solver_order = check_int("order", order, 1, 3)
         self.algorithm = check_choice("algorithm", algorithm, ("data", "noise"))
         if r1 is None:
-            r1 = 0.5 if self.solver_order == 2 else 1.0 / 3.0
+            r1 = default_r1(self.solver_order)
         if r2 is None:
             r2 = 2.0 / 3.0
         self.r1 = check_fraction("r1", r1)
@@ -199,44 +140,55 @@ class DPMSolver(Solver):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
             return {}
-        h = log_sigma_step(sigma, sigma_next)
-        coef = {}
-        a, b, z = _transfer(sigma, sigma_next, self.algorithm)
-        coef.update(a=a, b1=b * phi(1, z), b2=b * phi(2, z))
-        if self.solver_order >= 2:
-            sigma_r1 = sigma * math.exp(-self.r1 * h)
-            a1, bb1, z1 = _transfer(sigma, sigma_r1, self.algorithm)
-            coef.update(sigma_r1=sigma_r1, a_r1=a1, b1_r1=bb1 * phi(1, z1))
-        if self.solver_order == 3:
-            sigma_r2 = sigma * math.exp(-self.r2 * h)
-            a2, bb2, z2 = _transfer(sigma, sigma_r2, self.algorithm)
-            coef.update(sigma_r2=sigma_r2, a_r2=a2, b1_r2=bb2 * phi(1, z2), b2_r2=bb2 * phi(2, z2))
-        return coef
-
-    def _predict(self, ctx, x, sigma):
-        denoised = ctx.denoise(x, sigma)
-        return denoised if self.algorithm == "data" else (x - denoised) / sigma
+        return singlestep_coefficients(sigma, sigma_next, self.solver_order, self.algorithm, self.r1, self.r2)
 
     def step(self, ctx, x, step):
         if step.to_zero:
             return ctx.denoise(x, step.sigma)
-        p0 = self._predict(ctx, x, step.sigma)
-        if self.solver_order == 1:
-            return x * step.a + p0 * step.b1
-        r1 = self.r1
-        u1 = x * step.a_r1 + p0 * step.b1_r1
-        p1 = self._predict(ctx, u1, step.sigma_r1)
-        if self.solver_order == 2:
-            return x * step.a + p0 * step.b1 + (p1 - p0) * (step.b1 / (2 * r1))
-        r2 = self.r2
-        u2 = x * step.a_r2 + p0 * step.b1_r2 + (p1 - p0) * (step.b2_r2 * r2 / r1)
-        p2 = self._predict(ctx, u2, step.sigma_r2)
-        return x * step.a + p0 * step.b1 + (p2 - p0) * (step.b2 / r2)
+
+        def predict(u, sigma):
+            denoised = ctx.denoise(u, sigma)
+            return denoised if self.algorithm == "data" else (u - denoised) / sigma
+
+        return singlestep_update(predict, x, predict(x, step.sigma), step, self.solver_order, self.r1, self.r2)
 
 
 # -- multistep DPM-Solver++(3M) -----------------------------------------------------------
+def dpmpp_step_ratios(sigmas, i: int, order_i: int, h: float) -> dict:
+    """``r0 = h_{i−1}/h`` (order >= 2) and ``r1 = h_{i−2}/h`` (order 3) of step i, in λ."""
+    ratios = {}
+    if order_i >= 2:
+        ratios["r0"] = log_sigma_step(sigmas[i - 1], sigmas[i]) / h
+    if order_i >= 3:
+        ratios["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
+    return ratios
+
+
+def dpmpp_multistep_terms(x_next, history, step):
+    """The history terms of DPM-Solver++(2M/3M) (Lu et al. 2022b, App. B), added to the
+    first-order step ``x_next``; ``history = [D_i, D_{i−1}, D_{i−2}]``, and ``step`` carries
+    ``step_order`` (2 or 3), ``r0 = h_{i−1}/h``, ``r1 = h_{i−2}/h``, ``b2``, ``b3``::
+
+        D1_0 = (D_i − D_{i−1})/r0                   (≈ h D')
+        order 2:  x_next + b2 D1_0
+        order 3:  D1_1 = (D_{i−1} − D_{i−2})/r1,
+                  D1 = D1_0 + r0 (D1_0 − D1_1)/(r0 + r1)   (≈ h D'),
+                  D2 = (D1_0 − D1_1)/(r0 + r1)             (≈ h² D''/2),
+                  x_next + b2 D1 + b3 D2
+    """
+    denoised, denoised_1 = history[0], history[1]
+    d1_0 = (denoised - denoised_1) / step.r0
+    if step.step_order == 2:
+        return x_next + d1_0 * step.b2
+    r0, r1 = step.r0, step.r1
+    d1_1 = (denoised_1 - history[2]) / r1
+    d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
+    d2 = (d1_0 - d1_1) / (r0 + r1)
+    return x_next + d1 * step.b2 + d2 * step.b3
+
+
 @register
-class DPMSolverPP3M(Solver):
+class DPMSolverPP3M(Multistep):
     """Multistep DPM-Solver++(3M), the ODE solver (Lu et al. 2022b, §4 and App. B):
 
     with ``r0 = h_{i−1}/h``, ``r1 = h_{i−2}/h`` and the divided differences
@@ -262,12 +214,18 @@ class DPMSolverPP3M(Solver):
     unstable at any step count (the benchmark measured an error of 1.0 · data std at 15 steps
     on KL-optimal with 15, 2.6e-3 with ∞), so by default the final steps are always lowered.
     A step to σ = 0 is ``x ← D(x; σ)``.
+
+    ``start`` ("lower_order"): the warm-up above, whose first-order first step leaves an
+    O(h²) error, so that the method converges with order 2 as N → ∞ (``order``; the third
+    order shows over N ≲ 256 on Karras grids, where the first step is nearly linear);
+    ``"singlestep"`` takes the first two steps with DPM-Solver-3 (data prediction, 3 model
+    calls each) and keeps the third order (``order_with_start``).
     """
 
     name = "dpmpp_3m"
-    order = 3
+    order = 2
+    order_with_start = 3
     nfe_per_step = 1
-    multistep = True
     paper = "Lu et al. 2022b, DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"
 
     def __init__(
@@ -276,47 +234,50 @@ class DPMSolverPP3M(Solver):
         lower_order_final_below: float = math.inf,
         solver_type: str = "heun",
         official_coefficients: bool = False,
+        start: str = "lower_order",
     ):
+        self.start = check_choice("start", start, STARTS)
         self.official_coefficients = check_bool("official_coefficients", official_coefficients)
         self.lower_order_final = check_bool("lower_order_final", lower_order_final)
         self.lower_order_final_below = check_threshold("lower_order_final_below", lower_order_final_below)
         self.solver_type = check_choice("solver_type", solver_type, ("heun", "midpoint"))
         self.reset()
 
-    def reset(self):
-        self.history: list = []
-
     def coefficients(self, sigmas, i):
         n = len(sigmas) - 1
-        order_i = step_order(i, n, 3, self.lower_order_final, self.lower_order_final_below)
+        order_i = step_order(
+            i, n, 3, self.lower_order_final, self.lower_order_final_below,
+            step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]),
+        )
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
-            return dict(step_order=1)
+            return dict(step_order=1, start=None)
+        start = None
+        if takes_singlestep_start(self.start, i, 3, sigma_next):
+            start = SimpleNamespace(**singlestep_coefficients(sigma, sigma_next, 3, "data"))
         h = log_sigma_step(sigma, sigma_next)
-        coef = dict(step_order=order_i, a=sigma_next / sigma, b1=h * phi(1, -h), b2=h * phi(2, -h), b3=h * phi(3, -h))
-        if not self.official_coefficients:
-            coef["b3"] *= 2.0
-        if order_i >= 2:
-            coef["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if order_i >= 3:
-            coef["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
-        return coef
+        # the Taylor weight of D2 ≈ h² D''/2 is 2 h φ_3(−h); the reference code's is half of it
+        b3 = h * phi(3, -h) * (1.0 if self.official_coefficients else 2.0)
+        return dict(
+            start=start,
+            step_order=order_i,
+            a=sigma_next / sigma,
+            b1=h * phi(1, -h),
+            b2=h * phi(2, -h),
+            b3=b3,
+            **dpmpp_step_ratios(sigmas, i, order_i, h),
+        )
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
-        self.history = [denoised] + self.history[:2]
+        history = self.remember(denoised, 3)
         if step.to_zero:
             return denoised
-        x_next = x * step.a + denoised * step.b1
+        if step.start is not None:  # DPM-Solver-3 while the history fills up
+            return singlestep_update(ctx.denoise, x, denoised, step.start, 3)
+        x_next = x * step.a + denoised * step.b1  # DPM-Solver++(1): e^{−h} x + h φ_1(−h) D_i
         if step.step_order == 1:
             return x_next
-        d1_0 = (denoised - self.history[1]) / step.r0
-        if step.step_order == 2:
-            if self.solver_type == "midpoint":
-                return x_next + d1_0 * (step.b1 / 2)
-            return x_next + d1_0 * step.b2
-        r0, r1 = step.r0, step.r1
-        d1_1 = (self.history[1] - self.history[2]) / r1
-        d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-        d2 = (d1_0 - d1_1) / (r0 + r1)
-        return x_next + d1 * step.b2 + d2 * step.b3
+        if step.step_order == 2 and self.solver_type == "midpoint":
+            return x_next + (denoised - history[1]) * (step.b1 / (2 * step.r0))
+        return dpmpp_multistep_terms(x_next, history, step)

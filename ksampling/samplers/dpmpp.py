@@ -31,8 +31,10 @@ import math
 
 import torch
 
-from .base import Solver, check_choice, check_nonnegative, register
-from .common import ancestral_step, log_sigma_step
+from .base import register
+from .common import Multistep, Stochastic, ancestral_step, degenerate_ratio, log_sigma_step, step_order
+from .dpm_solver import dpmpp_multistep_terms, dpmpp_step_ratios
+from .validation import check_choice, check_real
 
 __all__ = ["dpmpp_first_order"]
 
@@ -45,12 +47,8 @@ def dpmpp_first_order(sigma: float, sigma_target: float) -> tuple[float, float]:
     return sigma_target / sigma, -math.expm1(-h)
 
 
-def _check_eta_s_noise(eta, s_noise) -> tuple[float, float]:
-    return check_nonnegative("eta", eta), check_nonnegative("s_noise", s_noise)
-
-
 @register
-class DPMPP2SAncestral(Solver):
+class DPMPP2SAncestral(Stochastic):
     """DPM-Solver++(2S) with ancestral noise (k-diffusion ``sample_dpmpp_2s_ancestral``).
 
     With ``σ_down, σ_up`` from :func:`~ksampling.samplers.common.ancestral_step`,
@@ -67,15 +65,7 @@ class DPMPP2SAncestral(Solver):
     name = "dpmpp_2s_ancestral"
     order = 2
     nfe_per_step = 2
-    kind = "sde"
     paper = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095), Algorithm 1"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -99,13 +89,11 @@ class DPMPP2SAncestral(Solver):
             # u = (σ_s/σ) x + (1 − e^{−h/2}) D,  x_down = (σ_down/σ) x + (1 − e^{−h}) D(u; σ_s)
             x_mid = torch.lerp(x, denoised, step.phi_mid)
             x = torch.lerp(x, ctx.denoise(x_mid, step.sigma_mid), step.phi_down)
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
+        return self.add_noise(ctx, x, step)
 
 
 @register
-class DPMPPSDE(Solver):
+class DPMPPSDE(Stochastic):
     """DPM-Solver++ (stochastic), k-diffusion ``sample_dpmpp_sde``: a two-stage singlestep
     SDE solver with the intermediate point at ``λ_s = λ + r h``.
 
@@ -123,20 +111,12 @@ class DPMPPSDE(Solver):
     name = "dpmpp_sde"
     order = 2
     nfe_per_step = 2
-    kind = "sde"
     default_noise = "brownian"
     paper = "Lu et al. 2022, DPM-Solver++ (arXiv:2211.01095); k-diffusion sample_dpmpp_sde"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0, r: float = 1 / 2):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-        r = check_nonnegative("r", r)
-        if not 0 < r <= 1:
-            raise ValueError(f"r must be in (0, 1] (the intermediate point λ + r·h), got {r}")
-        self.r = r
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
+        super().__init__(eta, s_noise)
+        self.r = check_real("r (the intermediate point λ + r·h)", r, low=0.0, high=1.0, low_open=True)
 
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
@@ -162,29 +142,15 @@ class DPMPPSDE(Solver):
             return denoised
         x_mid = torch.lerp(x, denoised, step.phi_mid)  # (σ_down,s/σ) x + (1 − σ_down,s/σ) D
         if step.mid_noise_std > 0:
-            x_mid = torch.add(x_mid, ctx.noise(step.sigma, step.sigma_mid), alpha=step.mid_noise_std)
+            x_mid = ctx.add_noise(x_mid, step.mid_noise_std, step.sigma, step.sigma_mid)
         # D' = (1 − 1/(2r)) D + 1/(2r) D(u; σ_s)
-        denoised_d = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
-        x = torch.lerp(x, denoised_d, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D'
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
-
-
-class _Multistep(Solver):
-    """History of model outputs for the multistep solvers (a fresh one per run)."""
-
-    multistep = True
-
-    def reset(self) -> None:
-        self.history = []  # earlier model outputs, most recent first
-
-    def remember(self, denoised, keep: int) -> None:
-        self.history = [denoised] + self.history[: keep - 1]
+        denoised_prime = torch.lerp(denoised, ctx.denoise(x_mid, step.sigma_mid), step.weight_mid)
+        x = torch.lerp(x, denoised_prime, step.phi_down)  # (σ_down/σ) x + (1 − σ_down/σ) D′
+        return self.add_noise(ctx, x, step)
 
 
 @register
-class DPMPP2M(_Multistep):
+class DPMPP2M(Multistep):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2), k-diffusion ``sample_dpmpp_2m``.
 
     With ``h = λ_next − λ``, ``h_last = λ − λ_prev`` and ``r = h_last / h``:
@@ -206,29 +172,27 @@ class DPMPP2M(_Multistep):
         _, phi = dpmpp_first_order(sigma, sigma_next)  # the weight of x, σ_next/σ, is 1 − phi
         weight_old = 0.0
         if i > 0 and sigma_next > 0:
-            r = log_sigma_step(sigmas[i - 1], sigma) / log_sigma_step(sigma, sigma_next)
-            weight_old = -1 / (2 * r)
+            h_last, h = log_sigma_step(sigmas[i - 1], sigma), log_sigma_step(sigma, sigma_next)
+            if not degenerate_ratio(h_last, h):  # else first order: D_{i−1} is too close or too far
+                r = h_last / h
+                weight_old = -1 / (2 * r)
         return dict(phi=phi, weight_old=weight_old)
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
-        denoised_d = denoised
+        denoised_prime = denoised  # D′
         if step.weight_old != 0.0:
-            denoised_d = torch.lerp(denoised, self.history[0], step.weight_old)  # D' = (1 − w) D_i + w D_{i−1}
+            # D′ = (1 + 1/(2r)) D_i − 1/(2r) D_{i−1} = lerp(D_i, D_{i−1}, −1/(2r))
+            denoised_prime = torch.lerp(denoised, self.history[0], step.weight_old)
         self.remember(denoised, 1)
-        return torch.lerp(x, denoised_d, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D'
+        return torch.lerp(x, denoised_prime, step.phi)  # x_next = (σ_next/σ) x + (1 − e^{−h}) D′
 
 
-class _MultistepSDE(_Multistep):
-    kind = "sde"
+_Multistep = Multistep  # its former name here, for branches written against it
+
+
+class _MultistepSDE(Stochastic, Multistep):
     default_noise = "brownian"
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta, self.s_noise = _check_eta_s_noise(eta, s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def sde_coefficients(self, sigma: float, sigma_next: float) -> dict:
         """The first-order SDE step: ``x_next = decay · x + phi · D + noise_std · z`` with
@@ -243,11 +207,6 @@ class _MultistepSDE(_Multistep):
             phi=-math.expm1(-h_eta),
             noise_std=self.s_noise * sigma_next * math.sqrt(-math.expm1(-2 * self.eta * h)),
         )
-
-    def add_noise(self, ctx, x, step):
-        if step.noise_std > 0:
-            x = torch.add(x, ctx.noise(step.sigma, step.sigma_next), alpha=step.noise_std)
-        return x
 
 
 @register
@@ -280,8 +239,9 @@ class DPMPP2MSDE(_MultistepSDE):
             return dict(denoise_only=True, weight_diff=0.0, noise_std=0.0)
         c = self.sde_coefficients(sigma, sigma_next)
         weight_diff = 0.0
-        if i > 0:
-            r = log_sigma_step(sigmas[i - 1], sigma) / c["h"]
+        h_last = log_sigma_step(sigmas[i - 1], sigma) if i > 0 else 0.0
+        if i > 0 and not degenerate_ratio(h_last, c["h"]):  # else first order (see common.step_order)
+            r = h_last / c["h"]
             if self.solver_type == "heun":
                 weight_diff = (c["phi"] / -c["h_eta"] + 1) / r
             else:
@@ -330,32 +290,22 @@ class DPMPP3MSDE(_MultistepSDE):
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
-            return dict(denoise_only=True, history_used=0, noise_std=0.0)
+            return dict(denoise_only=True, step_order=1, noise_std=0.0)
         c = self.sde_coefficients(sigma, sigma_next)
         h, h_eta = c["h"], c["h_eta"]
         phi_2 = math.expm1(-h_eta) / h_eta + 1
         phi_3 = phi_2 / h_eta - 0.5
-        coeffs = dict(denoise_only=False, history_used=min(i, 2), phi_2=phi_2, phi_3=phi_3, **c)
-        if i >= 1:
-            coeffs["r0"] = log_sigma_step(sigmas[i - 1], sigma) / h
-        if i >= 2:
-            coeffs["r1"] = log_sigma_step(sigmas[i - 2], sigmas[i - 1]) / h
-        return coeffs
+        # the history stops at a degenerate step ratio (common.step_order)
+        order_i = step_order(i, len(sigmas) - 1, 3, step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]))
+        # the weights b2 = φ₂, b3 = −φ₃ of dpm_solver.dpmpp_multistep_terms
+        return dict(denoise_only=False, step_order=order_i, b2=phi_2, b3=-phi_3, **c, **dpmpp_step_ratios(sigmas, i, order_i, h))
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
+        history = self.remember(denoised, 3)
         if step.denoise_only:
             return denoised
         x_next = torch.lerp(x, denoised, step.phi)  # e^{−h_η} x + (1 − e^{−h_η}) D_i
-        if step.history_used == 2:
-            denoised_1, denoised_2 = self.history
-            r0, r1 = step.r0, step.r1
-            d1_0 = (denoised - denoised_1) / r0
-            d1_1 = (denoised_1 - denoised_2) / r1
-            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            x_next = x_next + d1 * step.phi_2 - d2 * step.phi_3
-        elif step.history_used == 1:
-            x_next = torch.add(x_next, denoised - self.history[0], alpha=step.phi_2 / step.r0)
-        self.remember(denoised, 2)
+        if step.step_order >= 2:
+            x_next = dpmpp_multistep_terms(x_next, history, step)  # + φ₂ D₁ − φ₃ D₂
         return self.add_noise(ctx, x_next, step)

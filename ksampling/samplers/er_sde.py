@@ -6,9 +6,11 @@ import math
 from typing import Callable
 
 import numpy as np
+import torch
 
-from .base import Solver, check_int, check_nonnegative, register
-from .dpm_solver import linear_combination
+from .base import register
+from .common import MIN_STEP_RATIO_SIGMA, Multistep, Stochastic, step_order
+from .validation import check_int, check_nonnegative
 
 __all__ = ["ERSDE", "NOISE_SCALES"]
 
@@ -46,7 +48,7 @@ def _step_integrals(scale, sigma: float, sigma_next: float) -> tuple[float, floa
 
 
 @register
-class ERSDE(Solver):
+class ERSDE(Stochastic, Multistep):
     """ER-SDE-Solver-3 (Cui et al. 2023, "Elucidating the Solution Space of Extended
     Reverse-Time SDE for Diffusion Models", Algorithm for VE models), ComfyUI's ``er_sde``.
 
@@ -104,12 +106,11 @@ class ERSDE(Solver):
     def draws_noise(self) -> bool:
         return self.s_noise > 0 and self.noise_scale_name != "ode"
 
-    def reset(self):
-        self.denoised_prev = None
-        self.derivative_prev = None
-
     def _phi(self, sigma: float) -> float:
-        value = float(self.scale(sigma))
+        try:
+            value = float(self.scale(sigma))
+        except OverflowError:
+            value = math.inf
         if not (math.isfinite(value) and value > 0):
             raise ValueError(f"noise_scale({sigma:g}) = {value}; it must be positive and finite for sigma > 0")
         return value
@@ -118,33 +119,39 @@ class ERSDE(Solver):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         if sigma_next == 0.0:
             return dict(stage=0)
-        stage = min(self.max_stage, i + 1)
+        # warm-up, and the history stops at a degenerate step ratio (common.step_order)
+        stage = step_order(i, len(sigmas) - 1, self.max_stage, step_size=lambda j: sigmas[j] - sigmas[j + 1],
+                           min_ratio=MIN_STEP_RATIO_SIGMA)
         phi_next = self._phi(sigma_next)
         r = phi_next / self._phi(sigma)
         dt = sigma_next - sigma
-        coef = dict(stage=stage, r=r, noise_std=math.sqrt(max(sigma_next**2 - (sigma * r) ** 2, 0.0)))
+        noise_std = self.s_noise * math.sqrt(max(sigma_next**2 - (sigma * r) ** 2, 0.0)) if self.draws_noise else 0.0
+        coef = dict(stage=stage, r=r, noise_std=noise_std)
+        # D'_i and D''_i are linear in the differences ΔD_i = D_i − D_{i−1}, ΔD_{i−1}:
+        #   D'_i = ΔD_i/δ_1,  D''_i = (ΔD_i/δ_1 − ΔD_{i−1}/δ_2) · 2/(σ_i − σ_{i−2}),
+        # δ_1 = σ_i − σ_{i−1}, δ_2 = σ_{i−1} − σ_{i−2}. Folding w1 and w2 into the weights of the
+        # differences keeps every weight O(1): w2 alone is O(Δσ²), which overflows float16 at σ = 1e4.
         if stage >= 2:
             s1, s2 = _step_integrals(self._phi, sigma, sigma_next)
-            coef.update(inv_dsigma=1.0 / (sigma - sigmas[i - 1]), w1=dt + phi_next * s1)
+            w1, w2 = dt + phi_next * s1, dt**2 / 2 + phi_next * s2
+            delta_1 = sigma - sigmas[i - 1]
+            coef["weight_diff"] = w1 / delta_1
             if stage >= 3:
-                coef.update(inv_half_span=2.0 / (sigma - sigmas[i - 2]), w2=dt**2 / 2 + phi_next * s2)
+                delta_2 = sigmas[i - 1] - sigmas[i - 2]
+                curvature = 2.0 / (sigma - sigmas[i - 2])
+                coef["weight_diff"] += w2 * curvature / delta_1
+                coef["weight_diff_prev"] = -w2 * curvature / delta_2
         return coef
 
     def step(self, ctx, x, step):
         denoised = ctx.denoise(x, step.sigma)
         if step.stage == 0:
             return denoised
-        derivative = None
-        tensors, weights = [denoised], [1.0 - step.r]
+        history = self.remember(denoised, 3)  # D_i, D_{i−1}, D_{i−2}
+        # x_next = r x + (1 − r) D_i + w1 D'_i + w2 D''_i + noise (see the class docstring)
+        x = torch.lerp(x, denoised, 1.0 - step.r)
         if step.stage >= 2:
-            derivative = (denoised - self.denoised_prev) * step.inv_dsigma
-            tensors.append(derivative)
-            weights.append(step.w1)
-            if step.stage >= 3:
-                tensors.append((derivative - self.derivative_prev) * step.inv_half_span)
-                weights.append(step.w2)
-        x = linear_combination(x, step.r, tensors, weights)
-        self.denoised_prev, self.derivative_prev = denoised, derivative
-        if self.draws_noise and step.noise_std > 0.0:
-            x = x + ctx.noise(step.sigma, step.sigma_next) * (self.s_noise * step.noise_std)
-        return x
+            x = torch.add(x, denoised - history[1], alpha=step.weight_diff)
+        if step.stage >= 3:
+            x = torch.add(x, history[1] - history[2], alpha=step.weight_diff_prev)
+        return self.add_noise(ctx, x, step)

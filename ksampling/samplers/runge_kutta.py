@@ -6,8 +6,35 @@ from __future__ import annotations
 from typing import ClassVar
 
 from .base import Solver, register
+from .common import linear_combination
 
-__all__ = ["ExplicitRungeKutta", "Heun3", "Ralston3"]
+__all__ = ["ExplicitRungeKutta", "Heun3", "Ralston3", "RK4", "runge_kutta_coefficients", "runge_kutta_update"]
+
+
+def runge_kutta_coefficients(sigma: float, sigma_next: float, c, a, b) -> dict:
+    """Host-side scalars of one step of the tableau (c, A, b) from σ to σ_next:
+    the stage sigmas ``σ + c_s Δσ`` and the weights ``Δσ a_sj``, ``Δσ b_s``."""
+    dt = sigma_next - sigma
+    return dict(
+        stage_sigmas=[sigma + c_s * dt for c_s in c],
+        stage_weights=[[dt * a_sj for a_sj in row] for row in a],
+        weights=[dt * b_s for b_s in b],
+    )
+
+
+def runge_kutta_update(slope, x, k_1, stage_sigmas, stage_weights, weights):
+    """``x_next = x + Δσ Σ_s b_s k_s`` with ``k_s = slope(x + Δσ Σ_{j<s} a_sj k_j, σ + c_s Δσ)``,
+    from the first slope ``k_1 = slope(x, σ)`` (the caller's: multistep starts keep it)."""
+    slopes = [k_1]
+    for sigma_stage, row in zip(stage_sigmas[1:], stage_weights[1:]):
+        x_stage = linear_combination(x, 1.0, slopes, row)
+        slopes.append(slope(x_stage, sigma_stage))
+    return linear_combination(x, 1.0, slopes, weights)
+
+
+#: The classical fourth-order Runge–Kutta tableau (Kutta 1901): c, A, b. Its last stage sits at
+#: σ_next, so it serves only steps to σ_next > 0 (the multistep starts of lms).
+RK4 = ((0.0, 1 / 2, 1 / 2, 1.0), ((), (1 / 2,), (0.0, 1 / 2), (0.0, 0.0, 1.0)), (1 / 6, 1 / 3, 1 / 3, 1 / 6))
 
 
 class ExplicitRungeKutta(Solver):
@@ -27,25 +54,13 @@ class ExplicitRungeKutta(Solver):
         pass
 
     def coefficients(self, sigmas, i):
-        sigma, dt = sigmas[i], sigmas[i + 1] - sigmas[i]
-        return dict(
-            stage_sigmas=[sigma + c * dt for c in self.c],
-            stage_weights=[[dt * a for a in row] for row in self.a],
-            weights=[dt * b for b in self.b],
-        )
+        return runge_kutta_coefficients(sigmas[i], sigmas[i + 1], self.c, self.a, self.b)
 
     def step(self, ctx, x, step):
-        slopes = []
-        for sigma_stage, row in zip(step.stage_sigmas, step.stage_weights):
-            x_stage = x
-            for slope, weight in zip(slopes, row):
-                if weight != 0.0:
-                    x_stage = x_stage + slope * weight
-            slopes.append((x_stage - ctx.denoise(x_stage, sigma_stage)) / sigma_stage)
-        for slope, weight in zip(slopes, step.weights):
-            if weight != 0.0:
-                x = x + slope * weight
-        return x
+        def slope(u, sigma):  # d(u, σ) = (u − D(u; σ))/σ
+            return (u - ctx.denoise(u, sigma)) / sigma
+
+        return runge_kutta_update(slope, x, slope(x, step.sigma), step.stage_sigmas, step.stage_weights, step.weights)
 
 
 @register

@@ -6,8 +6,9 @@ import math
 
 import numpy as np
 
-from .base import Solver, check_choice, check_int, register
-from .dpm_solver import check_bool, check_threshold, linear_combination, phi, step_order
+from .base import register
+from .common import Multistep, linear_combination, log_sigma_step, phi, step_order
+from .validation import check_bool, check_choice, check_int, check_threshold
 
 __all__ = ["UniPC", "unipc_weights"]
 
@@ -61,7 +62,7 @@ def unipc_weights(lambdas: list[float], order: int, variant: str, corrector: boo
 
 
 @register
-class UniPC(Solver):
+class UniPC(Multistep):
     """UniPC (Zhao et al. 2023): the multistep UniP-p predictor, each point then refined by the
     UniC corrector using the model output already computed there (no extra model call),
     in data prediction (x0) form; see :func:`unipc_weights` for the update equations.
@@ -90,7 +91,6 @@ class UniPC(Solver):
     name = "unipc"
     order = 3
     nfe_per_step = 1
-    multistep = True
     paper = "Zhao et al. 2023, UniPC: A Unified Predictor-Corrector Framework for Fast Sampling of Diffusion Models"
 
     def __init__(
@@ -111,13 +111,16 @@ class UniPC(Solver):
         self.reset()
 
     def reset(self):
-        self.history: list = []  # D at the latest points, newest first
+        super().reset()  # D at the latest points, newest first
         self.x_prev = None  # the corrected x the last predictor started from
 
     def _order(self, sigmas, i):
         if sigmas[i + 1] == 0.0:  # h = ∞: only the first-order limit x <- D exists
             return 1
-        return step_order(i, len(sigmas) - 1, self.solver_order, self.lower_order_final, self.lower_order_final_below)
+        return step_order(
+            i, len(sigmas) - 1, self.solver_order, self.lower_order_final, self.lower_order_final_below,
+            step_size=lambda j: log_sigma_step(sigmas[j], sigmas[j + 1]),
+        )
 
     def coefficients(self, sigmas, i):
         def lambdas(indices):
@@ -145,7 +148,7 @@ class UniPC(Solver):
         denoised = ctx.denoise(x, step.sigma)
         if step.correct:
             x = linear_combination(self.x_prev, step.corr_x, [denoised] + self.history, step.corr_w)
-        self.history = ([denoised] + self.history)[: self.solver_order]
+        self.remember(denoised, self.solver_order)
         self.x_prev = x
         if step.to_zero:
             return denoised
