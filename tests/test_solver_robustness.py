@@ -208,9 +208,16 @@ def test_ancestral_step_refuses_a_step_up_in_noise():
 def test_a_huge_sigma_max_gives_a_result_or_a_clear_error(name):
     """Before: OverflowError from σ² in the host math (ancestral split, DDPM's β, the
     Brownian tree's depth) at σ_max = 1e308."""
+    class Zero:  # D = 0, with the unconditional output that the CFG++ solvers also read
+        def __call__(self, x, sigma):
+            return torch.zeros_like(x)
+
+        def denoise_with_uncond(self, x, sigma):
+            return torch.zeros_like(x), torch.zeros_like(x)
+
     x = torch.ones(2, 3, dtype=F64) * 1e308
     try:
-        out = ksampling.sample(lambda x, s: torch.zeros_like(x), x, [1e308, 1.0, 0.0], name,
+        out = ksampling.sample(Zero(), x, [1e308, 1.0, 0.0], name,
                                generator=torch.Generator().manual_seed(0))
     except ValueError as error:  # a clear one, naming what overflowed
         assert "noise_scale" in str(error) or "non-finite" in str(error), error
