@@ -173,6 +173,14 @@ def _identity_step(ctx, x, step):
     return x
 
 
+def _euler_limit_step(ctx, x, step):
+    """A step from σ = ∞ (:data:`SIGMA_INFINITY`): Euler's, x_next = D + (σ_next/σ)(x − D),
+    the exact limit of every first-order method there. A multi-call step (Heun's trapezoid,
+    a midpoint rule) would weigh its slopes over an infinite interval."""
+    denoised = ctx.denoise(x, step.sigma)
+    return torch.lerp(denoised, x, step.sigma_next / step.sigma)
+
+
 def _denoise_step(ctx, x, step):
     """``final_step="denoise"``: x ← D(x; σ_min)."""
     return ctx.denoise(x, step.sigma)
@@ -333,14 +341,16 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
                 f"solver {solver!r} chooses its own steps; a diffusers scheduler needs a fixed-grid solver "
                 "(one with fixed_grid=True in ksampling.samplers.info)"
             )
-        self._solver_options = dict(solver_options or {})
-        self._make_solver()  # validates the options now, with the solver's own messages
         if final_step not in ("solver", "denoise", "stop"):
             raise ValueError(f"final_step must be 'solver', 'denoise' or 'stop', got {final_step!r}")
         self.order = self._solver_class.nfe_per_step
         self._source = self._build_source(source_config, source, solver)
         name = type(self._source).__name__
         self._layout, natural_state, self.native_solver = SOURCES[name]
+        #: the solver options in use: the source's own settings of its method (when ``solver`` is
+        #: that method, e.g. DEIS's ``solver_order``), overridden by ``solver_options``
+        self.solver_options = {**self._native_options(solver), **dict(solver_options or {})}
+        self._make_solver()  # validates the options now, with the solver's own messages
         if state is None:
             state = natural_state
         if state not in STATES:
@@ -411,6 +421,22 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             warnings.simplefilter("ignore")
             return getattr(diffusers, name).from_config(config)
 
+    def _native_options(self, solver: str) -> dict:
+        """Options that make the source's own method behave as the source does."""
+        cfg = self._source.config
+        name = type(self._source).__name__
+        if name == "DEISMultistepScheduler" and solver == "deis":
+            return dict(order=int(cfg.solver_order), lower_order_final=bool(cfg.lower_order_final), lower_order_final_below=15)
+        if name == "DPMSolverMultistepScheduler" and solver == "dpmpp_3m":
+            return dict(lower_order_final=bool(cfg.lower_order_final), lower_order_final_below=15)
+        if name == "UniPCMultistepScheduler" and solver == "unipc":
+            return dict(order=int(cfg.solver_order), variant=cfg.solver_type, lower_order_final=bool(cfg.lower_order_final))
+        if name == "DDPMScheduler" and solver == "ddpm":
+            variance = {"fixed_small": "small", "fixed_large": "large", "learned": "learned", "learned_range": "learned"}
+            if cfg.variance_type in variance:
+                return dict(variance=variance[cfg.variance_type])
+        return {}
+
     def _prediction_kind(self) -> str:
         prediction = self._source.config.get("prediction_type", "epsilon")
         if self._layout == "flow":
@@ -438,7 +464,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
     def _make_solver(self):
-        return make_solver(self._solver_class, self._solver_options)
+        return make_solver(self._solver_class, self.solver_options)
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -527,6 +553,12 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
 
     def _plan(self, start_step: int, solver):
         """The run's (step function, Step) list from step ``start_step`` on."""
+        steps = self._plan_steps(start_step, solver)
+        if steps and steps[0][1].sigma >= SIGMA_INFINITY and solver.nfe_per_step > 1:
+            steps[0] = (_euler_limit_step, steps[0][1])
+        return steps
+
+    def _plan_steps(self, start_step: int, solver):
         grid = self._grid[start_step:]
         steps = []
         final_policy = self.config.final_step
@@ -539,7 +571,11 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             if final_policy != "solver" and sigmas[-1] == 0.0:
                 sigmas = sigmas[:-1]
                 denoise_last = final_policy == "denoise"
-            if len(sigmas) >= 2:
+            if identity_last and sigmas[-1] > 0:
+                # planned as if the run went on to 0, so that the steps before the σ → σ one are
+                # what they are in the source (DEIS's lower-order final steps count it)
+                steps = [(solver.step, st) for st in solver.plan(sigmas + [0.0])[:-1]]
+            elif len(sigmas) >= 2:
                 steps = [(solver.step, st) for st in solver.plan(sigmas)]
             if identity_last:
                 steps.append((_identity_step, Step(index=len(steps), sigma=sigmas[-1], sigma_next=sigmas[-1])))
@@ -641,9 +677,13 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             first_of_step = [0] + [k + 1 for k in first_of_step[1:]]
         self._calls = calls
         self._first_call_of_step = first_of_step
+        # A call at a grid point gets the source's timestep for it, except KDPM2's midpoints,
+        # which KDPM2 maps from σ even where one coincides with a grid point
+        first_calls = set(first_of_step)
+        midpoints_mapped = self.source.startswith("KDPM2")
         ts = []
-        for sigma, _ in calls:
-            t = timestep_of_point.get(sigma)
+        for k, (sigma, _) in enumerate(calls):
+            t = timestep_of_point.get(sigma) if (k in first_calls or not midpoints_mapped) else None
             ts.append(self._timestep_of(sigma) if t is None else t)
         if self.config.round_timesteps:
             ts = [float(round(t)) for t in ts]
