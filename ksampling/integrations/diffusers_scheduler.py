@@ -173,10 +173,11 @@ def _identity_step(ctx, x, step):
     return x
 
 
-def _euler_limit_step(ctx, x, step):
-    """A step from σ = ∞ (:data:`SIGMA_INFINITY`): Euler's, x_next = D + (σ_next/σ)(x − D),
-    the exact limit of every first-order method there. A multi-call step (Heun's trapezoid,
-    a midpoint rule) would weigh its slopes over an infinite interval."""
+def _first_order_step(ctx, x, step):
+    """Euler's step (DDIM, DPM-Solver++ 1), x_next = D + (σ_next/σ)(x − D). Taken from σ = ∞
+    (:data:`SIGMA_INFINITY`), where it is the exact limit of every first-order method and a
+    multi-call step (Heun's trapezoid, a midpoint rule) would weigh its slopes over an infinite
+    interval; and as DPMSolverMultistep's lower-order final step to σ_min > 0."""
     denoised = ctx.denoise(x, step.sigma)
     return torch.lerp(denoised, x, step.sigma_next / step.sigma)
 
@@ -399,6 +400,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         self._first_call_of_step: list[int] = []
         self._grid: list[tuple[float, float]] = []  # (σ_i, σ of the step's end) per step
         self._contiguous = True
+        self._first_order_last = False
         self._call_index = None
         self._begin_index = None
         self._run: _Run | None = None
@@ -555,7 +557,9 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         """The run's (step function, Step) list from step ``start_step`` on."""
         steps = self._plan_steps(start_step, solver)
         if steps and steps[0][1].sigma >= SIGMA_INFINITY and solver.nfe_per_step > 1:
-            steps[0] = (_euler_limit_step, steps[0][1])
+            steps[0] = (_first_order_step, steps[0][1])
+        if steps and self._first_order_last and steps[-1][0] == solver.step:
+            steps[-1] = (_first_order_step, steps[-1][1])
         return steps
 
     def _plan_steps(self, start_step: int, solver):
@@ -664,6 +668,13 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         timestep_of_point = {s: t for s, t, _ in points}
         self._grid = [(s, end) for s, _, end in points]
         solver = self._make_solver()
+        cfg = self._source.config
+        # DPMSolverMultistep's last step to σ_min > 0 is first order below 15 steps (or always
+        # with euler_at_final); dpmpp_2m's step to a σ > 0 would be second order
+        self._first_order_last = (
+            self.source == "DPMSolverMultistepScheduler" and self.solver == "dpmpp_2m" and points[-1][2] > 0
+            and (cfg.euler_at_final or (cfg.lower_order_final and len(points) < 15))
+        )
         jumps = any(points[i][2] != points[i + 1][0] for i in range(len(points) - 1))
         self._contiguous = not jumps or solver.multistep
         if jumps and solver.multistep:
