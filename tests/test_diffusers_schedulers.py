@@ -14,7 +14,7 @@ import torch
 
 diffusers = pytest.importorskip("diffusers")
 
-from ksampling.integrations.diffusers import KSamplingScheduler, from_diffusers  # noqa: E402
+from ksampling.integrations.diffusers import SIGMA_INFINITY, KSamplingScheduler, from_diffusers  # noqa: E402
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -135,32 +135,42 @@ def test_grid_equals_the_source_schedulers(name, variant):
         # the grid (unique timesteps) is theirs
         theirs = torch.unique_consecutive(reference.timesteps.double())
         torch.testing.assert_close(ours.timesteps.double(), theirs, rtol=0, atol=0)
-    if hasattr(reference, "sigmas") and name != "PNDMScheduler":
+    if name in ("HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler"):
+        # they list each grid σ twice (KDPM2 keeps its midpoints apart): the unique ones are the grid
         theirs = torch.unique_consecutive(reference.sigmas.double())
         torch.testing.assert_close(torch.tensor(ours.run_sigmas, dtype=torch.float64), theirs, rtol=1e-6, atol=0)
+    elif hasattr(reference, "sigmas") and name != "PNDMScheduler":
+        # (EulerDiscrete's log_linear lists one σ more than its loop reaches)
+        torch.testing.assert_close(ours.sigmas, reference.sigmas[: len(ours.sigmas)], rtol=1e-6, atol=0)
     else:  # σ of the alphas_cumprod at the timesteps
         ac = reference.alphas_cumprod.double()[reference.timesteps.long()]
-        torch.testing.assert_close(
-            torch.tensor(ours.run_sigmas[:-1], dtype=torch.float64), torch.unique_consecutive(((1 - ac) / ac).sqrt()),
-            rtol=1e-6, atol=0,
-        )
+        theirs = torch.unique_consecutive(((1 - ac) / ac).sqrt()).clamp(max=SIGMA_INFINITY)  # ᾱ = 0: σ = ∞
+        torch.testing.assert_close(torch.tensor(ours.run_sigmas[:-1], dtype=torch.float64), theirs, rtol=1e-6, atol=0)
     assert ours.init_noise_sigma == pytest.approx(float(reference.init_noise_sigma), rel=1e-6)
     if name != "EDMEulerScheduler":
         assert torch.equal(ours.betas, reference.betas) and torch.equal(ours.alphas_cumprod, reference.alphas_cumprod)
 
 
-LOOP_VARIANTS = ("default", "leading-offset1", "trailing-offset0", "use_karras_sigmas", "use_karras_sigmas-leading-offset1",
-                 "final-sigma_min", "zero-snr-trailing", "alpha-one-False-leading", "exponential-schedule", "log_linear")
-LOOP_CASES = [(name, v) for name in NATIVE for v in variants(name) if v in LOOP_VARIANTS]
+# the grid test covers every option; the loops cover each spacing, the SD setup (Karras,
+# "leading", offset 1), the final-σ and terminal-SNR conventions, ε and v
+LOOP_VARIANTS = {
+    "default": ("epsilon", "v_prediction"),
+    "leading-offset1": ("epsilon",),
+    "trailing-offset0": ("epsilon",),
+    "use_karras_sigmas-leading-offset1": ("epsilon", "v_prediction"),
+    "use_exponential_sigmas": ("epsilon",),
+    "final-sigma_min": ("epsilon", "v_prediction"),
+    "zero-snr-trailing": ("v_prediction",),
+    "alpha-one-False-leading": ("epsilon",),
+    "exponential-schedule": ("v_prediction",),
+}
+LOOP_CASES = [(name, v, p) for name in NATIVE for v in variants(name) if v in LOOP_VARIANTS for p in LOOP_VARIANTS[v]]
 
 
-@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
-@pytest.mark.parametrize("name,variant", LOOP_CASES)
+@pytest.mark.parametrize("name,variant,prediction", LOOP_CASES)
 def test_pipeline_loop_equals_the_source_scheduler(unet, name, variant, prediction):
     """Where the solver is the scheduler's own method, a tiny UNet's loop gives the scheduler's
     output to 1e-4 (float32; the noisy ones on the same generator)."""
-    if variant == "zero-snr-trailing" and prediction == "epsilon":
-        pytest.skip("zero terminal SNR needs v-prediction (ε says nothing at ᾱ = 0)")
     config = source_config(name, variant, prediction)
     reference = getattr(diffusers, name)(**config)
     reference.set_timesteps(STEPS)
