@@ -362,6 +362,17 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         self._state = state
         self._kind = self._prediction_kind()
         source_cfg = self._source.config
+        if source_cfg.get("use_flow_sigmas"):
+            raise ValueError(
+                f"{name}(use_flow_sigmas=True) lists flow times as its sigmas; build the scheduler from the model's "
+                "FlowMatchEulerDiscreteScheduler config instead"
+            )
+        if source_cfg.get("clip_sample") or source_cfg.get("thresholding"):
+            warnings.warn(
+                f"{name}'s clip_sample / thresholding (clipping the x0 estimate) is not applied by KSamplingScheduler; "
+                "set clip_sample=False, thresholding=False in the config to silence this",
+                stacklevel=2,
+            )
         if is_flow or state == "edm":
             self._process = None
         if is_flow:
@@ -544,6 +555,8 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
 
     def _timestep_of(self, sigma: float) -> float:
         """The model's timestep at a σ the source never visits (a midpoint, a churned σ̂)."""
+        if self._source.config.get("timestep_type") == "continuous":
+            return 0.25 * math.log(sigma)  # EulerDiscrete's continuous timesteps (c_noise)
         if self._layout == "flow":
             t = sigma / (1.0 + sigma)
             if self._source.config.get("invert_sigmas"):
@@ -819,6 +832,11 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         output (twice the channels of ``sample``) is split: the prediction half becomes D, the
         variance half goes to the ``ddpm`` solver. With ``return_dict=False`` returns
         ``(prev_sample, pred_original_sample)``."""
+        if kwargs:
+            raise TypeError(
+                f"step() got unexpected argument(s) {', '.join(kwargs)}; a ksampling solver's options (eta, s_churn, ...) "
+                "go in KSamplingScheduler(solver_options=...)"
+            )
         self._check_ready()
         if not isinstance(model_output, torch.Tensor):
             raise TypeError(f"model_output must be a tensor, got {type(model_output).__name__}")
