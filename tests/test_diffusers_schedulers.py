@@ -15,6 +15,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from ksampling.integrations.diffusers import SIGMA_INFINITY, KSamplingScheduler, from_diffusers  # noqa: E402
+from test_diffusers import one_thread  # noqa: E402, F401  (the autouse fixture: one intra-op thread)
 
 pytestmark = [
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
@@ -24,14 +25,6 @@ pytestmark = [
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
 STEPS = 7
 RTOL = 1e-4
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 @pytest.fixture(scope="module")
