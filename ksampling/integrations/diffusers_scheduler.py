@@ -159,6 +159,12 @@ class _ReplayContext(Context):
         self.request = (x, float(sigma))
         raise _Pause()
 
+    def denoise_with_uncond(self, x, sigma):
+        raise TypeError(
+            "CFG++ solvers need the unconditional denoised estimate, which a diffusers pipeline does not hand to "
+            "step(); use them through ksampling.sample with a guidance-wrapped model"
+        )
+
     def noise(self, sigma, sigma_next):
         if self.draw_index == len(self.draws):
             self.draws.append(super().noise(sigma, sigma_next))
@@ -341,6 +347,11 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(
                 f"solver {solver!r} chooses its own steps; a diffusers scheduler needs a fixed-grid solver "
                 "(one with fixed_grid=True in ksampling.samplers.info)"
+            )
+        if solver.endswith("_cfg_pp"):
+            raise ValueError(
+                f"solver {solver!r} needs the unconditional model output besides the guided one; a diffusers pipeline "
+                "hands step() only the guided one. Use it through ksampling.sample with a guidance-wrapped model"
             )
         if final_step not in ("solver", "denoise", "stop"):
             raise ValueError(f"final_step must be 'solver', 'denoise' or 'stop', got {final_step!r}")
