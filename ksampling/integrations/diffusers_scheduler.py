@@ -398,15 +398,18 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             table = self._source.alphas_cumprod.double().clone()
             # ᾱ = 0 (zero terminal SNR) is σ = ∞: a finite stand-in for mapping σ to t only
             table[-1] = max(float(table[-1]), VPDiscrete.ZERO_SNR_ALPHA_CUMPROD)
-            linear = name not in _K_STYLE - {"LMSDiscreteScheduler"} and source_cfg.get("interpolation_type", "linear") == "linear" and not any(
-                source_cfg.get(key) for key in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas")
-            )
-            time = "interpolate"
-            if round_timesteps or self._layout == "alphas" or name in (
+            # σ → t off the grid, as the source maps it: integers (DDIM, DDPM, PNDM, DPM-Solver,
+            # UniPC, DEIS), linear in σ (EulerDiscrete's default interpolation), else log σ
+            integer_timesteps = round_timesteps or self._layout == "alphas" or name in (
                 "DPMSolverMultistepScheduler", "DPMSolverSinglestepScheduler", "UniPCMultistepScheduler", "DEISMultistepScheduler"
-            ):
-                linear, time = False, "round"
-            self._process = (_VPDiscreteLinearTime if linear else VPDiscrete)(alphas_cumprod=table, time=time)
+            )
+            other_sigmas = any(source_cfg.get(k) for k in ("use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"))
+            linear = (
+                not integer_timesteps and not name.startswith("KDPM2") and not other_sigmas
+                and source_cfg.get("interpolation_type", "linear") == "linear"
+            )
+            process = _VPDiscreteLinearTime if linear else VPDiscrete
+            self._process = process(alphas_cumprod=table, time="round" if integer_timesteps else "interpolate")
             self.betas = self._source.betas
             self.alphas = getattr(self._source, "alphas", None)
             self.alphas_cumprod = self._source.alphas_cumprod
