@@ -184,6 +184,24 @@ def test_pipeline_loop_equals_the_source_scheduler(unet, name, variant, predicti
     assert rel_err(got, theirs) < RTOL, rel_err(got, theirs)
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("name,config,solver", [
+    ("DPMSolverMultistepScheduler", dict(solver_order=3), "dpmpp_3m"),
+    ("DPMSolverMultistepScheduler", dict(solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"), "dpmpp_3m"),
+    ("UniPCMultistepScheduler", dict(solver_order=3), "unipc"),
+    ("DEISMultistepScheduler", dict(solver_order=2), "deis"),
+])
+def test_higher_orders_follow_the_source_config(unet, name, config, solver, prediction):
+    """solver_order (and DPM-Solver's third-order coefficients and solver_type) come from the
+    source config when the solver is its method."""
+    reference = getattr(diffusers, name)(prediction_type=prediction, **config, **SD_BETAS)
+    reference.set_timesteps(9)
+    ours = KSamplingScheduler.from_config(reference, solver=solver)
+    ours.set_timesteps(9)
+    start = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert rel_err(pipeline_loop(unet, ours, start), pipeline_loop(unet, reference, start)) < RTOL
+
+
 def test_the_loop_comparison_has_teeth(unet):
     """The previous defaults (an Euler grid whatever the config) differ from
     DPMSolverMultistep Karras with "leading" spacing by far more than the tolerance."""

@@ -455,7 +455,9 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         if name == "DEISMultistepScheduler" and solver == "deis":
             return dict(order=int(cfg.solver_order), lower_order_final=bool(cfg.lower_order_final), lower_order_final_below=15)
         if name == "DPMSolverMultistepScheduler" and solver == "dpmpp_3m":
-            return dict(lower_order_final=bool(cfg.lower_order_final), lower_order_final_below=15)
+            # diffusers' third-order update is the reference code's (its d2 weight: see dpmpp_3m)
+            return dict(lower_order_final=bool(cfg.lower_order_final), lower_order_final_below=15,
+                        official_coefficients=True, solver_type=cfg.solver_type)
         if name == "UniPCMultistepScheduler" and solver == "unipc":
             return dict(order=int(cfg.solver_order), variant=cfg.solver_type, lower_order_final=bool(cfg.lower_order_final))
         if name == "DDPMScheduler" and solver == "ddpm":
