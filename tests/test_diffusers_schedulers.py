@@ -190,6 +190,8 @@ def test_pipeline_loop_equals_the_source_scheduler(unet, name, variant, predicti
     ("DPMSolverMultistepScheduler", dict(solver_order=3, use_karras_sigmas=True, final_sigmas_type="sigma_min"), "dpmpp_3m"),
     ("UniPCMultistepScheduler", dict(solver_order=3), "unipc"),
     ("DEISMultistepScheduler", dict(solver_order=2), "deis"),
+    # the SDE variant, with noise drawn per step from the pipeline's generator as diffusers does
+    ("DPMSolverMultistepScheduler", dict(algorithm_type="sde-dpmsolver++"), "dpmpp_2m_sde"),
 ])
 def test_higher_orders_follow_the_source_config(unet, name, config, solver, prediction):
     """solver_order (and DPM-Solver's third-order coefficients and solver_type) come from the

@@ -69,6 +69,7 @@ from ..denoisers.processes import VPDiscrete
 from ..denoisers.wrappers import denoised_from_prediction
 from ..samplers.base import Step, get as _get_solver, make_solver
 from ..samplers.loop import Context, _make_noise, validate_sigmas
+from ..samplers.noise import GaussianNoise
 from .diffusers_model import PREDICTION_TYPES, _VPDiscreteLinearTime, flow_shift
 
 __all__ = ["KSamplingScheduler", "KSamplingSchedulerOutput", "SOURCES", "SIGMA_INFINITY"]
@@ -301,6 +302,11 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         final_step: :func:`ksampling.sample`'s final-step policy.
         round_timesteps: feed the model integer timesteps (the training step nearest in log σ)
             while the state stays at the exact σ.
+        noise: how an SDE solver's noise is drawn from the pipeline's generator: ``"gaussian"``
+            (i.i.d. per step, as diffusers' schedulers draw it) or ``"solver"`` (the solver's
+            default: a Brownian tree for k-diffusion's SDE solvers). Default: ``"gaussian"``
+            where the solver is the source's own SDE method (``dpmpp_2m_sde`` for
+            ``DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")``), else ``"solver"``.
 
     The remaining arguments are ``EulerDiscreteScheduler``'s, used only without a source config.
     ``step(..., generator=)`` seeds the solver's noise (the first call's generator serves the
@@ -325,6 +331,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         state: str | None = None,
         final_step: str = "solver",
         round_timesteps: bool = False,
+        noise: str | None = None,
         num_train_timesteps: int = 1000,
         beta_start: float = 0.0001,
         beta_end: float = 0.02,
@@ -355,6 +362,8 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             )
         if final_step not in ("solver", "denoise", "stop"):
             raise ValueError(f"final_step must be 'solver', 'denoise' or 'stop', got {final_step!r}")
+        if noise not in (None, "gaussian", "solver"):
+            raise ValueError(f"noise must be 'gaussian', 'solver' or None, got {noise!r}")
         self.order = self._solver_class.nfe_per_step
         self._source = self._build_source(source_config, source, solver)
         name = type(self._source).__name__
@@ -363,6 +372,10 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         #: that method, e.g. DEIS's ``solver_order``), overridden by ``solver_options``
         self.solver_options = {**self._native_options(solver), **dict(solver_options or {})}
         self._make_solver()  # validates the options now, with the solver's own messages
+        if noise is None:
+            sde_source = name == "DPMSolverMultistepScheduler" and self._source.config.algorithm_type == "sde-dpmsolver++"
+            noise = "gaussian" if sde_source and solver == "dpmpp_2m_sde" else "solver"
+        self._noise = noise
         if state is None:
             state = natural_state
         if state not in STATES:
@@ -888,7 +901,10 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
             solver.reset()
             sigmas = [s for s, _ in self._grid[start_step:]] + [self._grid[-1][1]]
             # drawn in the latents' dtype, as diffusers' schedulers draw it (then cast to the work dtype)
-            noise = _make_noise(solver, sample, sigmas, generator, None)
+            if self._noise == "gaussian" and solver.draws_noise:
+                noise = GaussianNoise(sample, generator)
+            else:
+                noise = _make_noise(solver, sample, sigmas, generator, None)
             self._run = _Run(solver, self._plan(start_step, solver), x, noise, self._reinterpret)
             request = self._run.request()
             if step_index != -1:  # the primed call's output (before a churned first step) is spent
