@@ -305,6 +305,21 @@ def test_stable_diffusion_pipelines_equal_dpm_solver_multistep_karras(sd_parts, 
     assert rel_err(ours, theirs) < RTOL, rel_err(ours, theirs)
 
 
+@pytest.mark.parametrize("pipeline", ["StableDiffusionImg2ImgPipeline", "StableDiffusionInpaintPipeline"])
+@pytest.mark.parametrize("name,solver", [
+    ("HeunDiscreteScheduler", "heun"), ("EulerAncestralDiscreteScheduler", "euler_ancestral"), ("UniPCMultistepScheduler", "unipc"),
+    ("DDIMScheduler", "ddim"),
+])
+def test_img2img_and_inpainting_with_other_schedulers(sd_parts, pipeline, name, solver):
+    """set_begin_index(t_start · order) with a two-call solver (Heun), an ancestral one on the
+    pipeline's generator, UniPC's corrector across the mask blend, DDIM's VP latents."""
+    reference = getattr(diffusers, name)(**SD_CONFIG, **({"clip_sample": False} if name == "DDIMScheduler" else {}))
+    kwargs = dict(image=IMAGE, strength=0.7, **({"mask_image": MASK} if "Inpaint" in pipeline else {}))
+    theirs = run_sd(sd_parts, pipeline, reference, **kwargs)
+    ours = run_sd(sd_parts, pipeline, KSamplingScheduler.from_config(reference.config, solver=solver), **kwargs)
+    assert rel_err(ours, theirs) < RTOL, rel_err(ours, theirs)
+
+
 @pytest.mark.parametrize("name,solver", [("EulerDiscreteScheduler", "euler"), ("DPMSolverMultistepScheduler", "dpmpp_2m")])
 def test_latents_edited_in_callback_reach_the_solver(sd_parts, name, solver):
     """callback_on_step_end halves the latents at step 3: the same result as diffusers' own

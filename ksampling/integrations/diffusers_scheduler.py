@@ -23,8 +23,8 @@ in diffusers' own schedulers. What an edit does to the rest of the solver state:
 a multistep solver (earlier denoised estimates D) is kept unchanged, as diffusers'
 DPM-Solver / UniPC keep their ``model_outputs``; the new step starts from the edited x. An edit
 of an intermediate point of a multi-call step (``heun``'s second call) changes where the model
-is evaluated, and so D, but the step's update starts from the step's own start point, as
-diffusers' ``HeunDiscreteScheduler`` does. For a solver that adds noise before its first call
+is evaluated; the step's update starts from the step's own start point and uses the model's
+slope (x − D)/σ found at the edited point, as diffusers' ``HeunDiscreteScheduler`` does. For a solver that adds noise before its first call
 (churn), the edit is added to the step's start point.
 
 Design: step-wise, no thread. Earlier versions ran :func:`ksampling.sample` in a worker thread
@@ -236,12 +236,16 @@ class _Run:
             self.x = x_next if following == step.sigma_next else self.reinterpret(x_next, step.sigma_next, following)
 
     def feed(self, denoised, variance, x_at_call):
-        """Give the output of the pending model call, evaluated at ``x_at_call``: at a step's
-        first call that point is the step's start (the pipeline's latents are the state)."""
+        """Give the output of the pending model call, evaluated at ``x_at_call``. At a step's
+        first call that point is the step's start (the pipeline's latents are the state). At a
+        later call of the step, the solver gets the model's slope (x − D)/σ at ``x_at_call``
+        from its own point: D moves with the edit, as HeunDiscrete / KDPM2 use it."""
         ctx = self.ctx
+        asked = ctx.request[0]
         if not ctx.outputs:
-            asked = ctx.request[0]
             self.x = x_at_call if asked is self.x else self.x + (x_at_call - asked)
+        else:
+            denoised = denoised + (asked - x_at_call)
         ctx.outputs.append((denoised, variance))
         return self.request()
 
