@@ -531,3 +531,48 @@ def test_stochastic_flow_sampling_config_is_refused():
     config = diffusers.FlowMatchEulerDiscreteScheduler(stochastic_sampling=True).config
     with pytest.raises(ValueError, match="stochastic_sampling"):
         KSamplingScheduler.from_config(config, solver="euler")
+
+
+# -- an SD3 pipeline from tiny components ---------------------------------------------------------
+@pytest.fixture(scope="module")
+def sd3_parts():
+    pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    transformer = diffusers.SD3Transformer2DModel(
+        sample_size=8, patch_size=2, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=2,
+        joint_attention_dim=8, caption_projection_dim=16, pooled_projection_dim=8, out_channels=4,
+    ).eval()
+    vae = diffusers.AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+        block_out_channels=(8,), latent_channels=4, norm_num_groups=4, sample_size=8, shift_factor=0.0,
+    ).eval()
+    return transformer, vae
+
+
+def run_sd3(parts, pipeline, scheduler, **kwargs):
+    transformer, vae = parts
+    pipe = getattr(diffusers, pipeline)(
+        transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=None, tokenizer=None, text_encoder_2=None,
+        tokenizer_2=None, text_encoder_3=None, tokenizer_3=None,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    embeddings = torch.randn(1, 5, 8, generator=torch.Generator().manual_seed(2))
+    pooled = torch.randn(1, 8, generator=torch.Generator().manual_seed(3))
+    return pipe(
+        prompt_embeds=embeddings, pooled_prompt_embeds=pooled, negative_prompt_embeds=torch.zeros_like(embeddings),
+        negative_pooled_prompt_embeds=torch.zeros_like(pooled), num_inference_steps=8, guidance_scale=3.0, height=16,
+        width=16, generator=torch.Generator().manual_seed(5), output_type="latent", **kwargs,
+    ).images
+
+
+@pytest.mark.parametrize("pipeline", ["StableDiffusion3Pipeline", "StableDiffusion3Img2ImgPipeline"])
+def test_sd3_pipeline_euler_equals_flow_match_euler(sd3_parts, pipeline):
+    """SD3 (shift 3) and its img2img (scale_noise, set_begin_index): euler is FlowMatchEuler;
+    dpmpp_2m runs in the same pipeline."""
+    kwargs = dict(image=IMAGE[:, :, :8, :8].repeat(1, 1, 2, 2), strength=0.6) if "Img2Img" in pipeline else {}
+    reference = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    theirs = run_sd3(sd3_parts, pipeline, reference, **kwargs)
+    ours = run_sd3(sd3_parts, pipeline, KSamplingScheduler.from_config(reference.config, solver="euler"), **kwargs)
+    assert rel_err(ours, theirs) < 1e-5, rel_err(ours, theirs)
+    other = run_sd3(sd3_parts, pipeline, KSamplingScheduler.from_config(reference.config, solver="dpmpp_2m"), **kwargs)
+    assert torch.isfinite(other).all() and 1e-4 < rel_err(other, theirs) < 1
