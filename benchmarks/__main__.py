@@ -104,7 +104,8 @@ def config_from_args(args, parser):
         solvers = args.solvers
     else:
         solvers = preset.get("solvers") if not args.solvers else None
-        solvers = [s for s in solvers if s in known_solvers] if solvers else known_solvers
+        # 'fitted' is the fit's wrapper around another solver (its own rows come from --fit)
+        solvers = [s for s in (solvers or known_solvers) if s in known_solvers and s != "fitted"]
     unknown = [s for s in solvers if s not in known_solvers]
     if unknown:
         parser.error(f"--solvers: unknown {', '.join(unknown)}; known: {', '.join(known_solvers)}")

@@ -427,7 +427,7 @@ def _run_fit(problem: Problem, x_T, reference, budget: int, config: Config) -> d
     err = metrics.rmse(out, reference)
     report = result.report
     base = result.options.get("base", result.solver)
-    return dict(problem=problem.name, impl="ksampling-fit", solver=result.solver, label="fitted", kind="ode",
+    return dict(problem=problem.name, impl="ksampling-fit", solver=result.solver, label="fit:auto", kind="ode",
                 schedule="fitted", nfe_budget=budget, steps=len(result.sigmas) - 1, nfe=model.nfe, rmse=err,
                 rel_rmse=err / problem.data_std,
                 rel_median=metrics.median_sample_error(out, reference) / problem.data_std,

@@ -76,7 +76,7 @@ class Fitted(Solver):
     """
 
     name = "fitted"
-    order = 1
+    order = 2  # that of the default base, ipndm (the real order is the base's)
     nfe_per_step = 1
     paper = "LD3 (Tong et al. 2024, arXiv:2405.15506); S4S (Frankel et al. 2025, arXiv:2502.17423)"
 
