@@ -416,9 +416,10 @@ def fit_sigmas(model: Callable, x: torch.Tensor, nfe: int, *, sigma_min: float, 
         fixed schedules on validation.
 
     Raises:
-        ValueError / TypeError: ``nfe`` < 1, ``sigma_min`` >= ``sigma_max``, an adaptive or
-        unknown solver, a batch too small to hold out validation noise, a model that returns
-        NaN or inf during the fit, a teacher of the wrong shape.
+        ValueError: ``nfe`` < 1, ``sigma_min`` >= ``sigma_max``, an adaptive or unknown
+            solver, a batch too small to hold out validation noise, a model that returns NaN
+            or inf during the fit, a teacher of the wrong shape.
+        TypeError: arguments of the wrong type, or solver options with ``solver="auto"``.
     """
     started = time.perf_counter()
     deadline = math.inf if max_seconds is None else started + max_seconds
