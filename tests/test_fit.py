@@ -220,3 +220,20 @@ def test_rejects_a_model_that_returns_nan():
 
     with pytest.raises(ValueError, match="NaN or inf during the fit"):
         _fit(model=nan_model)
+
+
+def test_float32_noise_and_per_sample_extra_args():
+    """A conditional model whose per-sample conditioning travels in extra_args (split with the
+    noise), in float32: the fit runs in x's dtype and the result reproduces on the full batch."""
+    mixture = _mixture()
+
+    def model(x, sigma, shift):
+        return (mixture((x - shift).double(), sigma.double()) + shift).to(x.dtype)
+
+    x = _noise(24, 5).float()
+    shift = torch.randn(24, 2, generator=torch.Generator().manual_seed(6)).float()
+    result = fit_sigmas(model, x, 4, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, solver="dpmpp_2m",
+                        extra_args={"shift": shift}, max_evals=40, max_seconds=None, corrections=False)
+    out = result.sample(model, x, extra_args={"shift": shift})
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    assert result.report["validation"]["objective"] <= result.report["best_fixed"]["validation"]["objective"]
