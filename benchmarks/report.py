@@ -601,6 +601,8 @@ python -m benchmarks --quick          # the CI smoke test (seconds)
 python -m benchmarks --problems gmm-2d,digits --solvers unipc,dpmpp_2m --schedules karras --nfe 5,10
 python -m benchmarks --full --device cuda --out benchmarks/results/results-gpu.json
 torchrun --standalone --nproc_per_node 2 -m benchmarks.distributed --problem gmm-2d --solver dpmpp_2m_sde --samples 4000
+python -m benchmarks --problems gmm-2d,digits-net --fit 5,10   # add fitted samplers (ksampling.fit)
+python -m benchmarks --unseen         # the fit on two mixtures that are not in the problem list
 python -m benchmarks.goal_search      # solver options × schedule parameters at 10 NFE against k-diffusion
 python -m benchmarks.report benchmarks/results/results-cpu.json   # tables of a saved run again
 ```
@@ -645,6 +647,17 @@ solver and schedule with the best k-diffusion sampler on its Karras grid, on thi
 seeds. `python -m benchmarks.goal_search` checks the choice on other seeds (1000–1127):
 it runs solver options × schedule parameters at 10 NFE on the mixtures, the digits and the
 digits network; its output is committed as `benchmarks/results/goal_search.txt`.
+
+**Fitted samplers.** The `fit:auto` rows (in `--full`, or with `--fit NFE,...`) are
+[`ksampling.fit.fit_sigmas`](reference/fit.md) with `solver="auto"`: fitted on 256 starting
+noises of their own (seeds from 3 000 000; a quarter held out for the fit's own validation,
+its teacher ksampling's own solve), then evaluated like every other row on the run's noise
+against the reference. The table "Fitted samplers" gives their cost (seconds, model calls per
+starting noise including the teacher's) and their error against the best k-diffusion sampler
+on Karras and the best fixed ksampling solver + schedule at the same budget, each metric's
+best picked separately, knowing the answer (an advantage no user has). `--unseen` repeats the
+comparison on two Gaussian mixtures that are not among the problems (`benchmarks/unseen.py`);
+its committed run is `benchmarks/results/unseen/`.
 
 A caution on reading the mixture and digits numbers: a pathwise error there is dominated by
 the few trajectories that end in a different mode than the exact flow (the median error,
