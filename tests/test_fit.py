@@ -237,3 +237,32 @@ def test_float32_noise_and_per_sample_extra_args():
     out = result.sample(model, x, extra_args={"shift": shift})
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
     assert result.report["validation"]["objective"] <= result.report["best_fixed"]["validation"]["objective"]
+
+
+# -- the benchmark's fitted rows -----------------------------------------------------------------
+def test_benchmark_cli_fit_and_unseen_flags():
+    from benchmarks.__main__ import build_parser, config_from_args
+
+    parser = build_parser()
+    config = config_from_args(parser.parse_args(["--problems", "gmm-2d", "--fit", "5,10"]), parser)
+    assert config.fit_nfe == [5, 10] and "fitted" not in config.solvers
+    assert config_from_args(parser.parse_args(["--full", "--no-fit"]), parser).fit_nfe == []
+    assert config_from_args(parser.parse_args(["--full"]), parser).fit_nfe == [4, 5, 6, 8, 10]
+    unseen = config_from_args(parser.parse_args(["--unseen"]), parser)
+    assert unseen.problems == ["unseen-a", "unseen-b"] and unseen.fit_nfe == [4, 5, 6, 8, 10]
+
+
+def test_fit_summary_ratios():
+    from benchmarks.report import fit_summary
+
+    def rec(impl, solver, schedule, rmse, median, nfe=5):
+        return dict(problem="p", impl=impl, solver=solver, label=solver, kind="ode", schedule=schedule,
+                    nfe_budget=nfe, nfe=nfe, rel_rmse=rmse, rel_median=median)
+
+    records = [rec("ksampling-fit", "fitted", "fitted", 0.1, 0.01), rec("k-diffusion", "lms", "karras", 0.4, 0.02),
+               rec("k-diffusion", "euler", "karras", 0.5, 0.05), rec("k-diffusion", "heun", "exponential", 0.01, 0.001),
+               rec("ksampling", "ipndm", "kl_optimal", 0.2, 0.04)]
+    (entry,) = fit_summary({"records": records})
+    assert entry["ratio_k-diffusion"] == {"rmse": 0.1 / 0.4, "median": 0.01 / 0.02}  # k-diffusion on Karras only
+    assert entry["ratio_fixed"] == {"rmse": 0.1 / 0.2, "median": 0.01 / 0.04}
+    assert entry["goal"]["met"] is False  # RMSE 0.25 <= 0.5 but median 0.5 > 0.35
