@@ -93,12 +93,11 @@ def config_from_args(args, parser):
 
     preset = dict(PRESETS["quick" if args.quick else "full" if args.full else "default"])
     if args.unseen:
-        PROBLEMS.update(UNSEEN_PROBLEMS)  # this process only: the unseen problems become known
         preset = dict(PRESETS["default"], problems=list(UNSEEN_PROBLEMS), sde_schedules=[], **UNSEEN)
     problems = args.problems or preset["problems"]
-    unknown = [p for p in problems if p not in PROBLEMS]
+    unknown = [p for p in problems if p not in PROBLEMS and p not in UNSEEN_PROBLEMS]
     if unknown:
-        parser.error(f"--problems: unknown {', '.join(unknown)}; known: {', '.join(PROBLEMS)}")
+        parser.error(f"--problems: unknown {', '.join(unknown)}; known: {', '.join([*PROBLEMS, *UNSEEN_PROBLEMS])}")
     known_solvers = samplers.available()
     if args.solvers and args.solvers != ["all"]:
         solvers = args.solvers

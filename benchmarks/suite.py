@@ -42,6 +42,7 @@ from ksampling.samplers.noise import GaussianNoise
 from . import kdiff, metrics
 from .problems import Problem, get_problem, initial_noise
 from .reference import reference_solution
+from .unseen import UNSEEN_PROBLEMS
 
 __all__ = ["Method", "Config", "CountingModel", "methods_for", "plan_steps", "run_method", "run_suite", "make_grid"]
 
@@ -294,8 +295,11 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     started = time.perf_counter()
 
     for problem_name in config.problems:
-        problem = get_problem(problem_name, device=device) if problem_name != "digits-net" else \
-            get_problem(problem_name, device=device, progress=config.progress)
+        if problem_name in UNSEEN_PROBLEMS:
+            problem = UNSEEN_PROBLEMS[problem_name](device=device)
+        else:
+            problem = get_problem(problem_name, device=device) if problem_name != "digits-net" else \
+                get_problem(problem_name, device=device, progress=config.progress)
         t0 = time.perf_counter()
         x_T = initial_noise(problem, seeds, device=device)
         reference = reference_solution(problem, x_T, rtol=config.reference_rtol, atol=config.reference_rtol)
