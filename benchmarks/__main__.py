@@ -30,8 +30,12 @@ PRESETS = {
                   sde_schedules=None),
     "full": dict(problems=["gauss-iso", "gauss-aniso", "gmm-2d", "gmm-64d", "digits", "digits-net"], schedules=None,
                  nfe=[3, 4, 5, 6, 8, 10, 15, 20, 35, 50], batch=256, dist_samples=1000, dist_for_ode=True,
-                 sde_schedules=["karras", "kl_optimal"]),
+                 sde_schedules=["karras", "kl_optimal"], fit_nfe=[4, 5, 6, 8, 10]),
 }
+#: the comparison on problems that are not in the repository's list (``--unseen``): k-diffusion's
+#: ODE samplers, a few of ksampling's, and the fit
+UNSEEN = dict(batch=512, solvers=["euler", "heun", "dpm_2", "lms", "dpmpp_2m", "dpm_fast", "ipndm", "deis", "unipc"],
+              schedules=["karras", "exponential", "kl_optimal"], nfe=[4, 5, 6, 8, 10], fit_nfe=[4, 5, 6, 8, 10])
 
 
 def _csv(text: str) -> list[str]:
@@ -55,10 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
     mode.add_argument("--quick", action="store_true", help="CI smoke: 2 problems, 4 solvers, NFE 4 and 8")
     mode.add_argument("--full", action="store_true",
                       help="the full CPU run: all problems (trains digits-net once), all schedules, NFE 3..50")
+    mode.add_argument("--unseen", action="store_true",
+                      help="the fit's goal check on two mixtures not in the problem list (ODE samplers, NFE 4..10)")
     p.add_argument("--problems", type=_csv, help="comma-separated problems (default: the preset's)")
     p.add_argument("--solvers", type=_csv, help="comma-separated solvers, or 'all' (default: all registered)")
     p.add_argument("--schedules", type=_csv, help="comma-separated schedules, or 'all'")
     p.add_argument("--nfe", type=_ints, help="comma-separated NFE budgets")
+    p.add_argument("--fit", type=_ints, metavar="NFE", help="fitted rows (ksampling.fit, solver 'auto') at these "
+                   "budgets (--full: 4,5,6,8,10; otherwise none)")
+    p.add_argument("--no-fit", action="store_true", help="no fitted rows")
+    p.add_argument("--fit-seconds", type=float, default=60.0, help="time limit of each fit")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
     p.add_argument("--seed", type=int, default=0, help="sample i of a pathwise run uses seed + i")
     p.add_argument("--batch", type=int, help="samples per pathwise run")
@@ -79,18 +89,26 @@ def config_from_args(args, parser):
 
     from .problems import PROBLEMS
     from .suite import Config
+    from .unseen import UNSEEN_PROBLEMS
 
     preset = dict(PRESETS["quick" if args.quick else "full" if args.full else "default"])
+    if args.unseen:
+        preset = dict(PRESETS["default"], problems=list(UNSEEN_PROBLEMS), sde_schedules=[], **UNSEEN)
     problems = args.problems or preset["problems"]
-    unknown = [p for p in problems if p not in PROBLEMS]
+    unknown = [p for p in problems if p not in PROBLEMS and p not in UNSEEN_PROBLEMS]
     if unknown:
-        parser.error(f"--problems: unknown {', '.join(unknown)}; known: {', '.join(PROBLEMS)}")
+        parser.error(f"--problems: unknown {', '.join(unknown)}; known: {', '.join([*PROBLEMS, *UNSEEN_PROBLEMS])}")
     known_solvers = samplers.available()
     if args.solvers and args.solvers != ["all"]:
         solvers = args.solvers
     else:
         solvers = preset.get("solvers") if not args.solvers else None
-        solvers = [s for s in solvers if s in known_solvers] if solvers else known_solvers
+        # 'fitted' is the fit's wrapper around another solver (its own rows come from --fit);
+        # CFG++ solvers need a guided model, which the benchmark's problems are not
+        solvers = [
+            s for s in (solvers or known_solvers)
+            if s in known_solvers and s != "fitted" and not samplers.info(s)["needs_uncond"]
+        ]
     unknown = [s for s in solvers if s not in known_solvers]
     if unknown:
         parser.error(f"--solvers: unknown {', '.join(unknown)}; known: {', '.join(known_solvers)}")
@@ -107,12 +125,16 @@ def config_from_args(args, parser):
     dist_samples = args.dist_samples or preset["dist_samples"]
     if dist_samples < 2:
         parser.error("--dist-samples must be >= 2")
+    fit_nfe = [] if args.no_fit else (args.fit or preset.get("fit_nfe", []))
+    if args.fit_seconds <= 0:
+        parser.error("--fit-seconds must be > 0")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda: CUDA is not available")
     return Config(problems=problems, solvers=solvers, schedules=sched, nfe=args.nfe or preset["nfe"],
                   device=args.device, seed=args.seed, batch=batch, dist_samples=dist_samples,
                   dist_for_ode=preset["dist_for_ode"], sde_schedules=preset["sde_schedules"],
-                  kdiff=not args.no_kdiffusion, progress=not args.no_progress)
+                  kdiff=not args.no_kdiffusion, progress=not args.no_progress, fit_nfe=fit_nfe,
+                  fit_seconds=args.fit_seconds)
 
 
 def main(argv=None) -> int:

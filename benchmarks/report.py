@@ -20,10 +20,13 @@ from typing import Any, Iterable
 from .metrics import fit_order
 
 __all__ = ["text_report", "write_json", "load_json", "make_plots", "markdown_report", "docs_page", "goal_summary",
-           "fitted_orders", "GOAL_NFE"]
+           "fitted_orders", "fit_summary", "GOAL_NFE", "FIT_GOALS"]
 
 GOAL_NFE = 10  # the budget at which ksampling's best is compared with k-diffusion's best
-PICTURE_BUDGETS = (3, 5, 10, 20, 50)  # the NFE columns of the digits pictures when a run has more
+PICTURE_BUDGETS = (3, 5, 10, 20, 50)
+#: issue 9's goals for the fitted sampler: {NFE: (RMSE ratio, median ratio)} against the best
+#: k-diffusion sampler on its Karras grid (each metric's best, picked knowing the answer)
+FIT_GOALS = {5: (0.5, 0.35), 10: (0.6, 0.25)}  # the NFE columns of the digits pictures when a run has more
 
 
 def _fmt(value) -> str:
@@ -144,6 +147,60 @@ def goal_summary(results, nfe: int = GOAL_NFE) -> list[dict[str, Any]]:
     return summary
 
 
+def fit_summary(results) -> list[dict[str, Any]]:
+    """Per problem and budget with a fitted row: the fitted sampler's relative RMSE and median
+    error, the best k-diffusion sampler on Karras and the best fixed ksampling solver + schedule
+    (each metric's best separately, picked knowing the answer), the ratios, and the fit's cost."""
+    out = []
+    records = [r for r in results["records"] if r.get("rel_rmse") is not None and r["kind"] == "ode"]
+    for fit in records:
+        if fit["impl"] != "ksampling-fit":
+            continue
+        same = [r for r in records if r["problem"] == fit["problem"] and r["nfe_budget"] == fit["nfe_budget"]]
+        kd = [r for r in same if r["impl"] == "k-diffusion" and r["schedule"] in ("karras", "-")]
+        fixed = [r for r in same if r["impl"] == "ksampling"]
+        entry = {"problem": fit["problem"], "nfe": fit["nfe_budget"], "counted_nfe": fit["nfe"],
+                 "fitted": {"rmse": fit["rel_rmse"], "median": fit["rel_median"], "base": fit.get("fit_base"),
+                            "choice": fit.get("fit_choice"), "seconds": fit.get("fit_seconds"),
+                            "model_calls": fit.get("fit_model_calls")}}
+        for name, group in (("k-diffusion", kd), ("fixed", fixed)):
+            if not group:
+                continue
+            best_rmse = min(group, key=lambda r: r["rel_rmse"])
+            best_median = min(group, key=lambda r: r["rel_median"])
+            entry[name] = {"rmse": best_rmse["rel_rmse"], "rmse_by": f"{best_rmse['solver']}/{best_rmse['schedule']}",
+                           "median": best_median["rel_median"],
+                           "median_by": f"{best_median['solver']}/{best_median['schedule']}"}
+            entry[f"ratio_{name}"] = {"rmse": fit["rel_rmse"] / best_rmse["rel_rmse"],
+                                      "median": fit["rel_median"] / best_median["rel_median"]}
+        goal = FIT_GOALS.get(fit["nfe_budget"])
+        if goal and "ratio_k-diffusion" in entry:
+            ratio = entry["ratio_k-diffusion"]
+            entry["goal"] = {"rmse": goal[0], "median": goal[1], "met": ratio["rmse"] <= goal[0] and ratio["median"] <= goal[1]}
+        out.append(entry)
+    return out
+
+
+def _fit_rows(results) -> list[list[str]]:
+    rows = []
+    for e in fit_summary(results):
+        kd, fixed = e.get("k-diffusion"), e.get("fixed")
+        rk, rf = e.get("ratio_k-diffusion"), e.get("ratio_fixed")
+        goal = e.get("goal")
+        rows.append([e["problem"], str(e["nfe"]), str(e["fitted"]["base"]), _fmt(e["fitted"]["rmse"]),
+                     _fmt(e["fitted"]["median"]),
+                     f"{rk['rmse']:.2f} / {rk['median']:.2f}" if rk else "-",
+                     f"{rf['rmse']:.2f} / {rf['median']:.2f}" if rf else "-",
+                     ("met" if goal["met"] else "MISSED") + f" (<= {goal['rmse']} / {goal['median']})" if goal else "",
+                     f"{e['fitted']['seconds']:.0f}" if e["fitted"]["seconds"] is not None else "-",
+                     f"{e['fitted']['model_calls']:.0f}" if e["fitted"]["model_calls"] is not None else "-"])
+    return rows
+
+
+_FIT_HEADER = ["problem", "NFE", "fitted base solver", "RMSE", "median", "vs best kd Karras (RMSE / median)",
+               "vs best fixed ksampling (RMSE / median)", "goal", "fit s", "fit model calls"]
+
+
 def _best_per_budget(records, problem):
     best = {}
     for r in records:
@@ -190,6 +247,12 @@ def text_report(results) -> str:
         parts.append("")
         parts.append(f"== {len(failures)} runs FAILED (their records carry 'error'):")
         parts.extend("   " + f for f in failures)
+    fit_rows = _fit_rows(results)
+    if fit_rows:
+        parts.append("")
+        parts.append(_text_table("== fitted samplers (ksampling.fit, solver 'auto', fitted on noise of their own) "
+                                 "against the best fixed samplers on this run's noise; errors relative to the data std",
+                                 _FIT_HEADER, fit_rows))
     goals = goal_summary(results)
     if goals:
         parts.append("")
@@ -215,6 +278,7 @@ def write_json(results, path) -> Path:
              "ksampling": meta["ksampling"], "timestamp": meta["timestamp"]}
     payload["records"] = [{**r, **stamp} for r in results["records"]]
     payload["goal"] = goal_summary(results)
+    payload["fit"] = fit_summary(results)
     payload["orders"] = [{"problem": p, "label": l, "schedule": s, "order": o}
                          for (p, l, s), o in sorted(fitted_orders(results["records"]).items())]
     # one measurement per line, numbers to 7 significant digits: a full run stays small and diffable
@@ -349,6 +413,10 @@ def make_plots(results, out_dir) -> list[Path]:
         fig.suptitle("Best error per NFE budget: ksampling against k-diffusion")
         written.append(_save(plt, fig, out_dir / "best_vs_kdiffusion.png", dpi=80))
 
+    fits = fit_summary(results)
+    if fits:
+        written.append(_fit_plot(plt, records, [p for p in problems if any(e["problem"] == p for e in fits)], out_dir))
+
     for metric, ylabel, yscale in (("w2", "W2 to the true law", "log"),
                                    ("excess_nll", "NLL - NLL(exact samples), symlog", "symlog")):
         probs = [p for p in problems if any(r["problem"] == p and r["kind"] == "sde" and r.get(metric) is not None
@@ -420,6 +488,36 @@ def make_plots(results, out_dir) -> list[Path]:
     return written
 
 
+def _fit_plot(plt, records, problems, out_dir: Path) -> Path:
+    """Per problem, RMSE (top) and median error (bottom) against the NFE budget: the fitted
+    sampler, the best fixed ksampling solver + schedule and the best k-diffusion sampler on Karras."""
+    fig, axes = plt.subplots(2, len(problems), figsize=(4.2 * len(problems), 7.4), squeeze=False)
+    series = (("fitted", lambda r: r["impl"] == "ksampling-fit", dict(color="C3", marker="o", linewidth=2)),
+              ("best fixed ksampling", lambda r: r["impl"] == "ksampling", dict(color="C0", marker=".")),
+              ("best k-diffusion (Karras)", lambda r: r["impl"] == "k-diffusion" and r["schedule"] in ("karras", "-"),
+               dict(color="k", marker="x", linestyle=":")))
+    fit_budgets = sorted({r["nfe_budget"] for r in records if r["impl"] == "ksampling-fit"})
+    for col, problem in enumerate(problems):
+        for row, (metric, ylabel) in enumerate((("rel_rmse", "RMSE / data std"), ("rel_median", "median error / data std"))):
+            ax = axes[row][col]
+            for label, keep, style in series:
+                best = {}
+                for r in records:
+                    if r["problem"] == problem and r["kind"] == "ode" and r.get(metric) is not None and keep(r) \
+                            and r["nfe_budget"] in fit_budgets:
+                        b = r["nfe_budget"]
+                        best[b] = min(best.get(b, math.inf), r[metric])
+                if best:
+                    ax.plot(sorted(best), [best[b] for b in sorted(best)], label=label, **style)
+            ax.set(xscale="log", yscale="log", xlabel="NFE budget", ylabel=ylabel, title=problem)
+            _nfe_axis(ax, fit_budgets)
+            ax.grid(True, which="both", alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("Fitted sampler (held-out noise) against the best fixed samplers, picked knowing the answer")
+    return _save(plt, fig, out_dir / "fitted_vs_fixed.png", dpi=80)
+
+
 # -- docs -----------------------------------------------------------------------------------
 def _md_table(header, rows) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
@@ -454,8 +552,16 @@ def markdown_report(results, image_dir: str | None = None, images: Iterable[str]
                          f"{kd['solver']} / {kd['schedule']}" if kd else "-", _fmt(kd["rel_rmse"]) if kd else "-",
                          f"{g['ratio']:.2f}" if "ratio" in g else "-"])
         parts += [_md_table(["problem", "best ksampling", "error", "best k-diffusion (Karras)", "error", "ratio"], rows), ""]
+    fit_rows = _fit_rows(results)
+    if fit_rows:
+        parts += ["### Fitted samplers against the best fixed ones", "",
+                  "`ksampling.fit.fit_sigmas(solver=\"auto\")` fitted on 256 noises of its own (a quarter held out), "
+                  "then evaluated on this run's noise like every other row. Ratios below 1 favour the fit; each "
+                  "metric's best fixed sampler is picked separately, knowing the answer. Goals (issue 9): NFE 5 "
+                  "<= 0.5 / 0.35 and NFE 10 <= 0.6 / 0.25 of the best k-diffusion sampler on Karras.", "",
+                  _md_table(_FIT_HEADER, fit_rows), ""]
     if image_dir:
-        first = ("best_vs", "samples", "error_vs_nfe_karras", "error_vs_nfe_kl")
+        first = ("fitted_vs", "best_vs", "samples", "error_vs_nfe_karras", "error_vs_nfe_kl")
         rank = lambda name: next((i for i, p in enumerate(first) if name.startswith(p)), len(first))  # noqa: E731
         for name in sorted(images, key=lambda n: (rank(n), n)):
             parts += [f"![{name}]({image_dir}/{name})", ""]
@@ -485,6 +591,8 @@ python -m benchmarks --quick          # the CI smoke test (seconds)
 python -m benchmarks --problems gmm-2d,digits --solvers unipc,dpmpp_2m --schedules karras --nfe 5,10
 python -m benchmarks --full --device cuda --out benchmarks/results/results-gpu.json
 torchrun --standalone --nproc_per_node 2 -m benchmarks.distributed --problem gmm-2d --solver dpmpp_2m_sde --samples 4000
+python -m benchmarks --problems gmm-2d,digits-net --fit 5,10   # add fitted samplers (ksampling.fit)
+python -m benchmarks --unseen         # the fit on two mixtures that are not in the problem list
 python -m benchmarks.goal_search      # solver options × schedule parameters at 10 NFE against k-diffusion
 python -m benchmarks.report benchmarks/results/results-cpu.json   # tables of a saved run again
 ```
@@ -529,6 +637,17 @@ solver and schedule with the best k-diffusion sampler on its Karras grid, on thi
 seeds. `python -m benchmarks.goal_search` checks the choice on other seeds (1000–1127):
 it runs solver options × schedule parameters at 10 NFE on the mixtures, the digits and the
 digits network; its output is committed as `benchmarks/results/goal_search.txt`.
+
+**Fitted samplers.** The `fit:auto` rows (in `--full`, or with `--fit NFE,...`) are
+[`ksampling.fit.fit_sigmas`](reference/fit.md) with `solver="auto"`: fitted on 256 starting
+noises of their own (seeds from 3 000 000; a quarter held out for the fit's own validation,
+its teacher ksampling's own solve), then evaluated like every other row on the run's noise
+against the reference. The table "Fitted samplers" gives their cost (seconds, model calls per
+starting noise including the teacher's) and their error against the best k-diffusion sampler
+on Karras and the best fixed ksampling solver + schedule at the same budget, each metric's
+best picked separately, knowing the answer (an advantage no user has). `--unseen` repeats the
+comparison on two Gaussian mixtures that are not among the problems (`benchmarks/unseen.py`);
+its committed run is `benchmarks/results/unseen/`.
 
 A caution on reading the mixture and digits numbers: a pathwise error there is dominated by
 the few trajectories that end in a different mode than the exact flow (the median error,

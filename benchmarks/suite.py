@@ -41,6 +41,7 @@ from .problems import Problem, get_problem, initial_noise
 from .reference import reference_solution
 from .runners import (  # noqa: F401  (the runners were defined here; their names stay importable)
     CountingModel, Method, Plan, dry_run, generate, make_grid, methods_for, plan_steps, run_method)
+from .unseen import UNSEEN_PROBLEMS
 
 __all__ = ["Method", "Config", "CountingModel", "methods_for", "plan_steps", "run_method", "run_suite", "make_grid"]
 
@@ -69,6 +70,10 @@ class Config:
     progress: bool = True
     pictures: int = 8  # digits samples kept per picture cell
     reference_rtol: float = 1e-10
+    #: budgets of the fitted rows (:func:`ksampling.fit.fit_sigmas`, solver "auto"); empty: none
+    fit_nfe: list[int] = field(default_factory=list)
+    fit_batch: int = 256  # noises the fit sees (a quarter validates); never the evaluation noise
+    fit_seconds: float = 60.0  # the fit's own time limit (its refinement stops after about this long)
 
 
 def environment(device: str) -> dict[str, Any]:
@@ -116,8 +121,11 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
     started = time.perf_counter()
 
     for problem_name in config.problems:
-        problem = get_problem(problem_name, device=device) if problem_name != "digits-net" else \
-            get_problem(problem_name, device=device, progress=config.progress)
+        if problem_name in UNSEEN_PROBLEMS:
+            problem = UNSEEN_PROBLEMS[problem_name](device=device)
+        else:
+            problem = get_problem(problem_name, device=device) if problem_name != "digits-net" else \
+                get_problem(problem_name, device=device, progress=config.progress)
         t0 = time.perf_counter()
         x_T = initial_noise(problem, seeds, device=device)
         reference = reference_solution(problem, x_T, rtol=config.reference_rtol, atol=config.reference_rtol)
@@ -212,12 +220,52 @@ def run_suite(config: Config, log: Callable[[str], None] = print) -> dict[str, A
                                         label=method.label, kind=method.kind, schedule=schedule,
                                         nfe_budget=budget, error=f"{type(exc).__name__}: {exc}"))
         bar.close()
+        for budget in config.fit_nfe:
+            try:
+                records.append(_run_fit(problem, x_T, reference, budget, config))
+                log(f"  fitted {problem.name} NFE {budget}: {records[-1]['fit_choice']} "
+                    f"({records[-1]['fit_seconds']:.0f} s)")
+            except Exception as exc:  # one failing fit must not sink the whole run
+                failures.append(f"{problem.name} / fitted / {budget}: {type(exc).__name__}: {exc}")
+                log(f"  FAILED {failures[-1]}")
 
     env = environment(str(device))
     env["seconds"] = time.perf_counter() - started
     env["failures"] = failures
     return {"meta": {**env, "config": asdict(config)}, "problems": problem_meta, "records": records,
             "pictures": pictures}
+
+
+FIT_SEED_OFFSET = 3_000_000  # the fit's noise: seeds the evaluation (seed ... seed + batch) never uses
+
+
+def _run_fit(problem: Problem, x_T, reference, budget: int, config: Config) -> dict[str, Any]:
+    """A fitted row: ``fit_sigmas(solver="auto")`` on noise of its own (seeds from
+    ``seed + FIT_SEED_OFFSET``), then evaluated like every other row on the run's noise ``x_T``
+    against the reference, with the fit's cost (model calls, seconds)."""
+    from ksampling.fit import fit_sigmas
+
+    seeds = range(config.seed + FIT_SEED_OFFSET, config.seed + FIT_SEED_OFFSET + config.fit_batch)
+    x_fit = initial_noise(problem, seeds, device=x_T.device, dtype=x_T.dtype)
+    t0 = time.perf_counter()
+    result = fit_sigmas(problem.denoiser, x_fit, budget, sigma_min=problem.sigma_min, sigma_max=problem.sigma_max,
+                        generator=torch.Generator().manual_seed(config.seed), max_seconds=config.fit_seconds)
+    fit_seconds = time.perf_counter() - t0
+    model = CountingModel(problem.denoiser, x_T.shape[0])
+    t1 = time.perf_counter()
+    out = result.sample(model, x_T.clone())
+    err = metrics.rmse(out, reference)
+    report = result.report
+    base = result.options.get("base", result.solver)
+    return dict(problem=problem.name, impl="ksampling-fit", solver=result.solver, label="fit:auto", kind="ode",
+                schedule="fitted", nfe_budget=budget, steps=len(result.sigmas) - 1, nfe=model.nfe, rmse=err,
+                rel_rmse=err / problem.data_std,
+                rel_median=metrics.median_sample_error(out, reference) / problem.data_std,
+                seconds=time.perf_counter() - t1, fit_seconds=fit_seconds,
+                fit_model_calls=report["model_calls"], fit_teacher_calls=report["model_calls_teacher"],
+                fit_base=base, fit_choice=report["choice"], fit_helped=report["fitting_helped"],
+                fit_teacher_error=report["teacher"].get("estimated_rmse"),
+                fit_sigmas=result.sigmas.tolist(), fit_options=result.options)
 
 
 def _run_adaptive(method: Method, problem: Problem, x_T, reference, config: Config) -> list[dict[str, Any]]:

@@ -5,7 +5,7 @@ metadata (order, NFE per step, ODE or SDE, multistep, options with their default
 """
 
 # Each solver module registers its solvers on import.
-from . import adams, ancestral, deis, dpm, dpm_solver, dpmpp, er_sde, euler, lms, res_multistep, runge_kutta, unipc  # noqa: F401
+from . import adams, ancestral, deis, dpm, dpm_solver, dpmpp, er_sde, euler, fitted, lms, res_multistep, runge_kutta, unipc  # noqa: F401
 from . import cfg_pp, heunpp, lcm, restart, sa_solver, seeds  # noqa: F401  (cfg_pp after the base solvers it extends)
 from .base import SOLVERS, Solver, Step, available, get, info, register
 from .loop import FINAL_STEP_POLICIES, SamplingInfo, sample
