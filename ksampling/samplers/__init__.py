@@ -7,11 +7,14 @@ metadata (order, NFE per step, ODE or SDE, multistep, options with their default
 # Each solver module registers its solvers on import.
 from . import adams, ancestral, deis, dpm, dpm_solver, dpmpp, er_sde, euler, lms, res_multistep, runge_kutta, unipc  # noqa: F401
 from .base import SOLVERS, Solver, Step, available, get, info, register
-from .loop import FINAL_STEP_POLICIES, SamplingInfo, sample
+from .loop import FINAL_STEP_POLICIES, Plan, PredrawnNoise, SamplingInfo, plan, sample
 from .noise import GaussianNoise
 
 __all__ = [
     "sample",
+    "plan",
+    "Plan",
+    "PredrawnNoise",
     "available",
     "get",
     "info",
