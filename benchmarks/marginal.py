@@ -4,6 +4,8 @@ The model is ``D(x; σ) = x / 2`` on a batch-1, d = 16 state, torch on one threa
 left is the sampler's own per-step cost (its Python and its small tensor ops); the per-run
 setup cancels in the difference. ksampling and k-diffusion runs are interleaved and each
 figure is the median of ``repeats`` differences, so that a shared, noisy CPU moves both alike.
+The clock is the CPU time of this process (``time.process_time``): with one thread it is the
+work done, which other processes on a shared machine do not inflate.
 
 Usage (from the repository root)::
 
@@ -59,7 +61,7 @@ def _runners(solver: str, K, short: int, long: int, dim: int):
 
 
 def marginal_costs(solvers=SOLVERS, repeats: int = 7, short: int = SHORT, long: int = LONG, dim: int = 16,
-                   K=None, timer=time.perf_counter) -> dict:
+                   K=None, timer=time.process_time) -> dict:
     """solver -> {library: marginal µs per step (median of ``repeats``), 'ratio': ks/kd,
     'plan_ratio': planned ks/kd}. Runs of the libraries alternate within each repeat."""
     if K is None:

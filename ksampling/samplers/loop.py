@@ -182,6 +182,7 @@ class Context:
         self._callback_due = False
         # sigma (a host float) -> the [B] tensor the model gets; a Plan keeps it across runs
         self._sigma_batches = {} if sigma_batches is None else sigma_batches
+        self.missed_sigmas: list[float] = []
         self.checksums = _Checksums(x, capacity, traced) if check_finite else None
         self._check_noise = check_noise and check_finite  # only noise the caller brought can be bad
 
@@ -260,7 +261,12 @@ class Context:
     def _sigma_batch(self, x: torch.Tensor, sigma: float) -> torch.Tensor:
         sigma_batch = self._sigma_batches.get(sigma)
         if sigma_batch is None:
-            sigma_batch = self._sigma_batches[sigma] = x.new_full((self.batch,), sigma)
+            # Not cached: made for this call and freed after it. Caching it here would leave
+            # a small long-lived allocation between the large ones of every step, which
+            # fragments the heap (peak memory then grows with the number of steps); a Plan
+            # makes the missed ones in one allocation before its next run instead.
+            self.missed_sigmas.append(sigma)
+            sigma_batch = x.new_full((self.batch,), sigma)
         return sigma_batch
 
     def _check_output(self, out, sigma: float, step: Step | None, what: str = "the model") -> torch.Tensor:
@@ -287,7 +293,8 @@ class Context:
         """The bookkeeping of one model call: count, check, checksum, callback."""
         self.nfe += 1
         step = self._step
-        out = self._check_output(out, sigma, step)
+        if not isinstance(out, torch.Tensor) or out.shape != self.shape or out.dtype != self.dtype:
+            out = self._check_output(out, sigma, step)
         if self.checksums is not None:
             self.checksums.add(out, "model", step.index if step is not None else -1, sigma)
         if self._callback_due:
@@ -438,6 +445,7 @@ class Plan:
         # model calls of a run as planned (the checksum buffer's size; adaptive solvers grow it)
         self._capacity = len(self.steps) * self.solver.nfe_per_step + 2
         self._sigma_batches: dict[tuple, dict[float, torch.Tensor]] = {}
+        self._missed: dict[int, list[float]] = {}  # id(cache) -> sigmas its last run made per call
         self._sigmas_on: dict[torch.device, torch.Tensor] = {self.sigmas.device: self.sigmas}
         self._noise_draws: int | None = None
 
@@ -490,6 +498,8 @@ class Plan:
         )
         solver = self.solver
         solver.reset()
+        if not traced:
+            self._missed[id(ctx._sigma_batches)] = ctx.missed_sigmas
         try:
             with contextlib.nullcontext() if differentiable else torch.no_grad():
                 if self.steps:
@@ -551,10 +561,18 @@ class Plan:
         return sigmas
 
     def _sigma_batches_for(self, x) -> dict:
+        """The ``[B]`` sigma tensors of x's device, dtype and batch size, as ``{sigma: tensor}``:
+        the rows of one ``[K, B]`` tensor, made (before the run) for the sigmas that the
+        previous run of this plan called the model with."""
         key = (x.device, x.dtype, x.shape[0])
         cache = self._sigma_batches.get(key)
         if cache is None:
             cache = self._sigma_batches[key] = {}
+        missed = self._missed.pop(id(cache), None)
+        if missed:
+            values = list(dict.fromkeys(missed))
+            rows = torch.tensor(values, dtype=torch.float64).to(x.device, x.dtype)
+            cache.update(zip(values, rows.unsqueeze(1).expand(len(values), x.shape[0]).contiguous().unbind(0)))
         return cache
 
     # -- noise for compiled and captured runs ------------------------------------------------
