@@ -120,6 +120,8 @@ class _Checksums:
         if self.traced:
             self._sums.append(tensor.sum(dtype=self.dtype))
             return
+        if tensor.requires_grad:  # a differentiable run: the check is no part of the graph
+            tensor = tensor.detach()
         if k == len(self._slots):  # adaptive solvers may call the model more often than planned
             grown = self._buffer.new_empty(2 * k)
             grown[:k] = self._buffer
