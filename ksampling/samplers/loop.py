@@ -564,15 +564,17 @@ class Plan:
 
     def _sigma_batches_for(self, x) -> dict:
         """The ``[B]`` sigma tensors of x's device, dtype and batch size, as ``{sigma: tensor}``:
-        the rows of one ``[K, B]`` tensor, made (before the run) for the sigmas that the
-        previous run of this plan called the model with."""
+        rows of one ``[K, B]`` tensor made before the run, for the grid's sigmas on the first
+        run and then for every sigma that the previous run called the model with."""
         key = (x.device, x.dtype, x.shape[0])
         cache = self._sigma_batches.get(key)
         if cache is None:
             cache = self._sigma_batches[key] = {}
-        missed = self._missed.pop(id(cache), None)
-        if missed:
-            values = list(dict.fromkeys(missed))
+            values = self.run_sigmas
+        else:
+            values = self._missed.pop(id(cache), None)
+        if values:
+            values = list(dict.fromkeys(values))
             rows = torch.tensor(values, dtype=torch.float64).to(x.device, x.dtype)
             cache.update(zip(values, rows.unsqueeze(1).expand(len(values), x.shape[0]).contiguous().unbind(0)))
         return cache
