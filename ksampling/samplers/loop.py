@@ -316,6 +316,16 @@ class Context:
         self.checksums.raise_first(self.checksums.finite(x).tolist())
 
 
+def _check_x_tensor(x) -> None:
+    """x must be a floating-point tensor with a non-empty batch dimension first."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
+    if x.ndim < 1 or x.shape[0] == 0:
+        raise ValueError(f"x must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+
+
 def _all_finite(x: torch.Tensor) -> bool:
     """Whether every element of x is finite (one pass over x, one host sync)."""
     if x.numel() == 0:
@@ -525,12 +535,7 @@ class Plan:
         )
 
     def _check_x(self, x, traced: bool) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-        if not x.is_floating_point():
-            raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-        if x.ndim < 1 or x.shape[0] == 0:
-            raise ValueError(f"x must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+        _check_x_tensor(x)
         if self.sigma_max > torch.finfo(x.dtype).max:
             raise ValueError(
                 f"sigmas[0] = {self.sigma_max:g} does not fit in x's dtype {x.dtype} "
@@ -639,28 +644,10 @@ class Plan:
         )
 
 
-def plan(
-    model: Callable,
-    sigmas,
-    solver: str | type[Solver] | Solver = "euler",
-    *,
-    extra_args: Mapping[str, Any] | None = None,
-    final_step: str = "solver",
-    check_finite: bool = True,
-    callback: Callable[[dict], Any] | None = None,
-    progress: bool = False,
-    **options,
-) -> Plan:
-    """A :class:`Plan`: the run of :func:`sample` prepared once, to be called for each batch.
-
-    ``ksampling.plan(model, sigmas, solver, **options)(x, generator)`` equals
-    ``ksampling.sample(model, x, sigmas, solver, generator=generator, **options)``; bad input
-    is refused here, once, not at every call.
-    """
-    return Plan(
-        model, sigmas, solver, extra_args=extra_args, final_step=final_step, check_finite=check_finite,
-        callback=callback, progress=progress, **options,
-    )
+#: ``ksampling.plan(model, sigmas, solver, **options)`` makes a :class:`Plan`: the run of
+#: :func:`sample` prepared once, to be called for each batch (the class itself, under the
+#: name a call reads best with).
+plan = Plan
 
 
 def sample(
@@ -712,12 +699,7 @@ def sample(
     """
     if not callable(model):
         raise TypeError(f"model must be callable as model(x, sigma, **extra_args), got {type(model).__name__}")
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got {x.dtype}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"x must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+    _check_x_tensor(x)
     _check_device(sigmas, x, "sigmas")
     run = Plan(
         model, sigmas, solver, extra_args=extra_args, final_step=final_step, check_finite=check_finite,
