@@ -601,3 +601,32 @@ def test_ratio_table_from_rows():
     text = format_markdown(table, meta, build_floors(rows))
     assert "| 1x3x32x32 | euler | 10.0 | 40.0 | 0.25 |" in text
     assert "ks/kd: median 0.25" in text and "1 at or below the goal of 0.5" in text
+
+
+def test_extra_tables_from_rows():
+    from benchmarks.conftest import build_e2e, build_marginal, build_table, format_extra
+
+    base = dict(suite=SUITE, min_s=1.0, median_s=1.0, rounds=1, per_step_us=1.0, per_step_median_us=1.0, nfe=1)
+    rows = [
+        dict(base, comparison="k-diffusion", library="ksampling_plan", solver="euler", kind="per_step", batch_label="b1",
+             shape=[1, 3, 32, 32], steps=50, per_step_us=8.0),
+        dict(base, comparison="k-diffusion", library="k-diffusion", solver="euler", kind="per_step", batch_label="b1",
+             shape=[1, 3, 32, 32], steps=50, per_step_us=32.0),
+        dict(base, comparison="marginal", library="ksampling", solver="heun", kind="marginal", batch_label="d16",
+             shape=[1, 16], steps=300, marginal={"ksampling": 20.0, "ksampling_plan": 15.0, "k-diffusion": 50.0,
+                                                "ratio": 0.4, "plan_ratio": 0.3}),
+        dict(base, comparison="e2e", library="model", solver="euler", kind="e2e", batch_label="b1", shape=[1, 3, 16, 16],
+             steps=10, min_s=0.09),
+        dict(base, comparison="e2e", library="ksampling", solver="euler", kind="e2e", batch_label="b1",
+             shape=[1, 3, 16, 16], steps=10, min_s=0.1),
+    ]
+    table = build_table(rows)
+    assert table[0]["plan/kd"] == 0.25
+    marginal, e2e = build_marginal(rows), build_e2e(rows)
+    assert marginal == [dict(solver="heun", ksampling_us=20.0, plan_us=15.0, kd_us=50.0, ratio=0.4, plan_ratio=0.3)]
+    assert e2e[0]["ksampling_share"] == 0.1 and e2e[0]["diffusers_s"] is None
+    text = format_extra(table, marginal, e2e)
+    assert "| b1 | euler | — | 8.0 | — | 32.0 | 0.25 | — |" in text
+    assert "| heun | 20.00 | 15.00 | 50.00 | 0.40 | 0.30 |" in text
+    assert "Marginal ks/kd: median 0.40 (goal <= 0.3), worst 0.40 (goal <= 0.5) over 1 solvers." in text
+    assert "| euler | 1 | 10 | 90.0 | 100.0 (10.0%) | — |" in text
