@@ -404,7 +404,8 @@ class Plan:
     graph (noise then comes pre-drawn: ``plan(x, noise=plan.draw_noise(x, generator))``; a
     :class:`torch.Generator` cannot be traced), and :meth:`capture` records one into a CUDA
     graph. A plan keeps per-run state (a multistep solver's history, the checksums): call one
-    plan from one thread at a time.
+    plan from one thread at a time. The model gets the same sigma tensors in every run: it
+    must not modify them in place.
     """
 
     def __init__(
