@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import ksampling
-from ksampling.samplers import Solver, Step
+from ksampling.samplers import Solver
 from ksampling.samplers.graphs import CapturedPlan
 
 from helpers import HostSyncCounter, SmoothToy
