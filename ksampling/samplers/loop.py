@@ -581,8 +581,11 @@ class Plan:
             values = self._missed.pop(id(cache), None)
         if values:
             values = list(dict.fromkeys(values))
-            rows = torch.tensor(values, dtype=torch.float64).to(x.device, x.dtype)
-            cache.update(zip(values, rows.unsqueeze(1).expand(len(values), x.shape[0]).contiguous().unbind(0)))
+            # float64 host values rounded to x's dtype, as x.new_full rounds them
+            rows = torch.tensor(values, dtype=x.dtype, device=x.device).unsqueeze(1)
+            if x.shape[0] > 1:
+                rows = rows.expand(len(values), x.shape[0]).contiguous()
+            cache.update(zip(values, rows.unbind(0)))
         return cache
 
     # -- noise for compiled and captured runs ------------------------------------------------
