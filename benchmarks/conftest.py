@@ -12,8 +12,13 @@ Run it with ``pytest benchmarks/ --benchmark-only``. Options:
                         shared machine does not inflate it; with 1 thread it equals the work
                         done) or wall-clock time; on CUDA always wall-clock time (each timed
                         run ends with a synchronize);
+``--speed-e2e-compile``  also time the end-to-end rows compiled (``torch.compile`` of a whole
+                        U-Net run: minutes of compiling on a CPU);
 ``--speed-out PATH``    also write the ratio table to ``PATH`` (JSON) and ``PATH`` with
                         ``.md`` (markdown), e.g. ``benchmarks/results/speed_cpu.json``.
+
+Besides the per-step table the summary prints the planned and compiled runs, the marginal
+per-step cost (``test_marginal_cost``) and the end-to-end U-Net rows (``test_end_to_end``).
 
 The table is read back from pytest-benchmark's results: each case stores what it timed in
 ``benchmark.extra_info`` (suite, library, solver, batch, steps, nfe).
@@ -65,6 +70,11 @@ def pytest_addoption(parser):
         type=float,
         default=2.0,
         help="seconds of timed runs per case; slower cases get fewer rounds (default 2)",
+    )
+    group.addoption(
+        "--speed-e2e-compile",
+        action="store_true",
+        help="also time the end-to-end U-Net runs compiled with torch.compile (slow to compile on a CPU)",
     )
     group.addoption(
         "--speed-out",
@@ -133,13 +143,21 @@ COLUMNS = (
     ("ksampling_vp", "diffusers", "ksampling"),
     ("ksampling_eps", "diffusers", "ksampling_eps"),
     ("diffusers", "diffusers", "diffusers"),
+    ("ksampling_plan", "k-diffusion", "ksampling_plan"),
+    ("ksampling_compiled", "k-diffusion", "ksampling_compiled"),
 )
+#: the columns of the main table and of the per-run setup table
+MAIN_COLUMNS = COLUMNS[:5]
 #: ratio name -> (numerator column, denominator column)
 RATIOS = {
     "ks/kd": ("ksampling", "k-diffusion"),
     "ks/diffusers": ("ksampling_vp", "diffusers"),
     "ks_eps/diffusers": ("ksampling_eps", "diffusers"),
+    "plan/kd": ("ksampling_plan", "k-diffusion"),
+    "compiled/kd": ("ksampling_compiled", "k-diffusion"),
 }
+#: comparisons that are not per-step cases of the main table
+SEPARATE = ("floor", "marginal", "e2e")
 
 
 def build_table(rows: list[dict]) -> list[dict]:
@@ -155,7 +173,7 @@ def build_table(rows: list[dict]) -> list[dict]:
     """
     timed, short = {}, {}
     for r in rows:
-        if r["comparison"] == "floor":
+        if r["comparison"] in SEPARATE:
             continue
         key = (r["comparison"], r["library"], r["batch_label"], r["solver"])
         (short if r["kind"] == "setup" else timed)[key] = r
@@ -217,6 +235,8 @@ def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -
         "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for e in table:
+        if all(e[f"{column}_us"] is None for column, _, _ in MAIN_COLUMNS):
+            continue  # a solver timed only planned/compiled: in the table of its own
         lines.append(
             f"| {meta['batches'].get(e['batch'], e['batch'])} | {e['solver']} | {_fmt(e['ksampling_us'])} | "
             f"{_fmt(e['k-diffusion_us'])} | {_fmt(e['ks/kd'], 2)} | {_fmt(e['ksampling_vp_us'])} | "
@@ -238,7 +258,7 @@ def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -
             f"one elementwise multiply {_fmt(ops.get('multiply'))} µs, one sum (the finiteness check) "
             f"{_fmt(ops.get('sum'))} µs."
         )
-    short = [e for e in table if any(k.endswith("_run2_us") for k in e)]
+    short = [e for e in table if any(e.get(f"{column}_run2_us") is not None for column, _, _ in MAIN_COLUMNS)]
     if short:
         lines += [
             "",
@@ -248,7 +268,7 @@ def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -
             "|---|---:|---:|---:|---:|---:|",
         ]
         for e in short:
-            cells = " | ".join(_fmt(e.get(f"{column}_run2_us"), 0) for column, _, _ in COLUMNS)
+            cells = " | ".join(_fmt(e.get(f"{column}_run2_us"), 0) for column, _, _ in MAIN_COLUMNS)
             lines.append(f"| {e['solver']} | {cells} |")
     lines.append("")
     for name in RATIOS:
@@ -257,6 +277,99 @@ def format_markdown(table: list[dict], meta: dict, floors: dict | None = None) -
             goal = f"; {sum(v <= 0.5 for v in values)} at or below the goal of 0.5" if name == "ks/kd" else ""
             lines.append(f"{name}: median {_median(values):.2f}, best {min(values):.2f}, worst {max(values):.2f} over {len(values)} cases{goal}.")
     return "\n".join(lines) + "\n"
+
+
+def build_marginal(rows: list[dict]) -> list[dict]:
+    """One entry per solver: marginal µs per step of ksampling (``sample``), a plan and
+    k-diffusion, and the ratios (``test_marginal_cost``)."""
+    table = []
+    for r in rows:
+        if r["comparison"] == "marginal" and r.get("marginal"):
+            m = r["marginal"]
+            table.append(dict(solver=r["solver"], ksampling_us=m["ksampling"], plan_us=m["ksampling_plan"],
+                              kd_us=m["k-diffusion"], ratio=m["ratio"], plan_ratio=m["plan_ratio"]))
+    return sorted(table, key=lambda e: e["solver"])
+
+
+def build_e2e(rows: list[dict]) -> list[dict]:
+    """One entry per (solver, batch, steps): each library's run time (s) and its sampler share
+    ``(run − model) / run`` against the ``model`` case (the network alone)."""
+    groups: dict = {}
+    for r in rows:
+        if r["comparison"] == "e2e":
+            groups.setdefault((r["solver"], r["shape"][0], r["steps"]), {})[r["library"]] = r["min_s"]
+    table = []
+    for (solver, batch, steps), times in sorted(groups.items()):
+        entry = {"solver": solver, "batch": batch, "steps": steps, "model_s": times.get("model")}
+        for library in ("ksampling", "ksampling_plan", "ksampling_compiled", "k-diffusion", "diffusers"):
+            t = times.get(library)
+            entry[f"{library}_s"] = t
+            model = times.get("model")
+            entry[f"{library}_share"] = None if t is None or model is None else round(max(t - model, 0.0) / t, 4)
+        table.append(entry)
+    return table
+
+
+def format_extra(table: list[dict], marginal: list[dict], e2e: list[dict]) -> str:
+    """The planned/compiled, marginal-cost and end-to-end tables (markdown)."""
+    lines = []
+    planned = [e for e in table if e.get("ksampling_plan_us") is not None]
+    if planned:
+        lines += [
+            "",
+            "Planned and compiled runs (k-diffusion's grid, same model): µs per step. `plan` is "
+            "`ksampling.plan(...)` made once and called per run; `compiled` is "
+            "`torch.compile(plan, fullgraph=True)` (inductor, compile time not counted).",
+            "",
+            "| batch | solver | ksampling | plan | compiled | k-diffusion | plan/kd | compiled/kd |",
+            "|---|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in planned:
+            lines.append(
+                f"| {e['batch']} | {e['solver']} | {_fmt(e['ksampling_us'])} | {_fmt(e['ksampling_plan_us'])} | "
+                f"{_fmt(e['ksampling_compiled_us'])} | {_fmt(e['k-diffusion_us'])} | {_fmt(e['plan/kd'], 2)} | "
+                f"{_fmt(e['compiled/kd'], 2)} |"
+            )
+    if marginal:
+        lines += [
+            "",
+            "Marginal cost of one step, (t(400 steps) − t(100 steps)) / 300: batch 1, d = 16, D(x; σ) = x/2, "
+            "one thread, median of runs interleaved with k-diffusion; µs per step.",
+            "",
+            "| solver | ksampling | plan | k-diffusion | ks/kd | plan/kd |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for e in marginal:
+            lines.append(
+                f"| {e['solver']} | {_fmt(e['ksampling_us'], 2)} | {_fmt(e['plan_us'], 2)} | {_fmt(e['kd_us'], 2)} | "
+                f"{_fmt(e['ratio'], 2)} | {_fmt(e['plan_ratio'], 2)} |"
+            )
+        lines.append("")
+        for key, name in (("ratio", "ks/kd"), ("plan_ratio", "plan/kd")):
+            values = [e[key] for e in marginal if e[key] is not None]
+            if values:
+                lines.append(
+                    f"Marginal {name}: median {_median(values):.2f} (goal <= 0.3), "
+                    f"worst {max(values):.2f} (goal <= 0.5) over {len(values)} solvers."
+                )
+    if e2e:
+        lines += [
+            "",
+            "End to end: diffusers `UNet2DModel` (random weights, 16x16, channels 32/64) behind ksampling's VP "
+            "ε-wrapper; minimum run time in ms and, in brackets, the sampler's share (run − model) / run, "
+            "where `model` is the network alone on the same inputs.",
+            "",
+            "| solver | batch | steps | model | ksampling | plan | compiled | k-diffusion | diffusers |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for e in e2e:
+            cells = []
+            for library in ("ksampling", "ksampling_plan", "ksampling_compiled", "k-diffusion", "diffusers"):
+                t, share = e[f"{library}_s"], e[f"{library}_share"]
+                cells.append("—" if t is None else f"{t * 1e3:.1f}" + ("" if share is None else f" ({share:.1%})"))
+            model = "—" if e["model_s"] is None else f"{e['model_s'] * 1e3:.1f}"
+            lines.append(f"| {e['solver']} | {e['batch']} | {e['steps']} | {model} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + ("\n" if lines else "")
 
 
 def _median(values):
@@ -280,7 +393,7 @@ def _meta(config, rows) -> dict:
         "rounds": config.getoption("--speed-rounds"),
         "statistic": "min over rounds of (run time / steps)",
         "timer": speed_timer(config).__name__,
-        "batches": {r["batch_label"]: "x".join(map(str, r["shape"])) for r in rows},
+        "batches": {r["batch_label"]: "x".join(map(str, r["shape"])) for r in rows if r["comparison"] not in SEPARATE[1:]},
         "command": "pytest benchmarks/ --benchmark-only " + " ".join(
             f"--{name}={config.getoption('--' + name)}" for name in ("device", "speed-steps", "speed-rounds", "speed-threads", "speed-timer")
         ),
@@ -302,8 +415,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         return
     table = build_table(rows)
     floors = build_floors(rows)
+    marginal = build_marginal(rows)
+    e2e = build_e2e(rows)
     meta = _meta(config, rows)
-    text = format_markdown(table, meta, floors)
+    text = format_markdown(table, meta, floors) + format_extra(table, marginal, e2e)
     terminalreporter.section("ksampling speed: per-step time and ratios")
     terminalreporter.write(text)
     out = config.getoption("--speed-out")
@@ -311,6 +426,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         path = Path(out)
         path.parent.mkdir(parents=True, exist_ok=True)
         json_path = path if path.suffix == ".json" else path.with_suffix(".json")
-        json_path.write_text(json.dumps({"meta": meta, "table": table, "floors": floors, "cases": rows}, indent=1, default=str) + "\n")
+        json_path.write_text(
+            json.dumps(
+                {"meta": meta, "table": table, "floors": floors, "marginal": marginal, "e2e": e2e, "cases": rows},
+                indent=1,
+                default=str,
+            )
+            + "\n"
+        )
         json_path.with_suffix(".md").write_text(text)
         terminalreporter.write_line(f"wrote {json_path} and {json_path.with_suffix('.md')}")

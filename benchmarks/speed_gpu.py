@@ -9,6 +9,10 @@ several batch sizes. For every solver and batch size the script times
 * ``k-diffusion``: the same solver in k-diffusion with the same wrapped denoiser,
 * ``diffusers``: the matching diffusers scheduler loop
   (``scale_model_input -> unet -> step``), for the solvers that have one,
+* ``planned``: the same run through ``ksampling.plan`` (made once, called per run),
+* ``captured`` (CUDA, unless ``--no-cuda-graphs``): the plan recorded into one CUDA graph
+  (``Plan.capture``) and replayed; the script checks that the replay equals the eager run on
+  the same pre-drawn noise and records the largest difference (``graph_max_abs_diff``),
 
 and reports each sampler's share of the wall time, ``(run − model) / run``. Every timed run
 ends with ``torch.cuda.synchronize()``; the minimum over ``--repeats`` runs is kept.
@@ -57,6 +61,10 @@ def parse_args(argv=None):
     parser.add_argument("--dtype", default="float32", choices=("float32", "float16", "bfloat16"))
     parser.add_argument("--size", type=int, default=32, help="image side (the U-Net is built for it)")
     parser.add_argument("--channels", type=int, nargs="+", default=[64, 128, 128], help="U-Net block widths")
+    parser.add_argument(
+        "--no-cuda-graphs", dest="cuda_graphs", action="store_false",
+        help="skip the CUDA-graph rows (Plan.capture; on by default on CUDA)",
+    )
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     unknown = [s for s in args.solvers if s not in SOLVERS]
@@ -188,6 +196,13 @@ def run(args) -> dict | None:
                 row["nfe"] = len(calls)
                 row["model_s"] = timed(lambda: [network(a, t) for a, t in calls], device, args.repeats)
                 row["ksampling_s"] = timed(ks_run, device, args.repeats)
+                plan = ksampling.plan(denoiser, sigmas, solver)
+                draws = plan.solver.draws_noise
+                row["planned_s"] = timed(
+                    lambda: plan(x, torch.Generator(device).manual_seed(0) if draws else None), device, args.repeats
+                )
+                if args.cuda_graphs and device.type == "cuda":
+                    row.update(cuda_graph_check(plan, x, device, args.repeats))
                 if K is not None and kd_name is not None:
                     sampler = getattr(K.sampling, kd_name)
                     row["k-diffusion_s"] = timed(lambda: sampler(denoiser, x, sigmas, disable=True), device, args.repeats)
@@ -203,7 +218,7 @@ def run(args) -> dict | None:
 
                 row["diffusers_s"] = timed(diffusers_run, device, args.repeats)
                 row["diffusers_scheduler"] = scheduler_name
-                for lib in ("ksampling", "k-diffusion", "diffusers"):
+                for lib in ("ksampling", "planned", "captured", "k-diffusion", "diffusers"):
                     if f"{lib}_s" in row:
                         total = row[f"{lib}_s"]
                         row[f"{lib}_sampler_share"] = round(max(total - row["model_s"], 0.0) / total, 4)
@@ -222,6 +237,26 @@ def run(args) -> dict | None:
     return dict(meta=meta, results=results)
 
 
+def cuda_graph_check(plan, x, device, repeats) -> dict:
+    """Record the plan into a CUDA graph, check that a replay equals the eager run on the
+    same pre-drawn noise, and time the replay. Failures are recorded, not raised."""
+    try:
+        captured = plan.capture(x)
+        noise = plan.draw_noise(x, torch.Generator(device).manual_seed(0))
+        eager = plan(x, noise=noise)
+        replay = captured(x, noise=noise)
+        scale = float(eager.abs().max())
+        diff = float((replay - eager).abs().max())
+        result = dict(graph_max_abs_diff=diff, graph_matches_eager=diff <= 1e-3 * max(scale, 1.0))
+        result["captured_s"] = timed(lambda: captured(x, noise=noise), device, repeats)
+        if not result["graph_matches_eager"]:
+            print(f"CUDA graph replay differs from eager by {diff:g} (scale {scale:g})")
+        return result
+    except Exception as exc:  # a model that cannot be captured: say so in the results
+        print(f"CUDA graph capture failed: {type(exc).__name__}: {exc}")
+        return dict(graph_error=f"{type(exc).__name__}: {exc}")
+
+
 def cpu_name() -> str:
     """The CPU's model name (Linux), else what platform knows."""
     try:
@@ -236,7 +271,7 @@ def cpu_name() -> str:
 
 def format_row(row):
     parts = [f"{row['solver']:>16s} B={row['batch']:<4d}", f"model {row['model_s'] * 1e3:8.2f} ms"]
-    for lib in ("ksampling", "k-diffusion", "diffusers"):
+    for lib in ("ksampling", "planned", "captured", "k-diffusion", "diffusers"):
         if f"{lib}_s" in row:
             share = row.get(f"{lib}_sampler_share")
             parts.append(f"{lib} {row[f'{lib}_s'] * 1e3:8.2f} ms" + (f" ({share:.1%} sampler)" if share is not None else ""))

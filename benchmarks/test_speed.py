@@ -19,6 +19,20 @@ show it). Every case is timed in the same session, on the same inputs:
   and with the ε-network behind ksampling's VP ε-wrapper (``ksampling_eps``: what a user of
   an ε-network pays, wrapper included, as diffusers' step includes its ε -> x0 conversion).
 
+* ``test_planned_and_compiled``: the same runs through ``ksampling.plan`` (validated and
+  planned once, called per run) and, for ``COMPILED_SOLVERS``, through
+  ``torch.compile(plan, fullgraph=True)`` (inductor; compiling takes tens of seconds per
+  case on a small CPU and is not timed).
+* ``test_marginal_cost``: the marginal cost of one step, (t(400 steps) − t(100 steps)) / 300
+  at batch 1, d = 16, median of ``--speed-rounds`` runs interleaved with k-diffusion
+  (``benchmarks/marginal.py``): the per-run setup cancels, what is left is the loop's own
+  per-step cost.
+* ``test_end_to_end``: a small diffusers ``UNet2DModel`` (random weights) behind ksampling's
+  VP ε-wrapper, at batch 1 and 16, 10 and 50 steps: ksampling eager and planned (and compiled
+  with ``--speed-e2e-compile``), k-diffusion with the same wrapped denoiser and diffusers'
+  scheduler loop; wall time and the sampler's share of it, ``(run − model) / run``, where
+  ``model`` is the network alone on the inputs the sampler gave it.
+
 A case whose solver ksampling does not register (yet) is skipped. The ksampling cases of
 the deterministic solvers also check, untimed, that they computed what k-diffusion (or, with
 the ε-wrapper, diffusers) computed from the same input: the same algorithm is being timed.
@@ -60,6 +74,12 @@ KDIFFUSION_SOLVERS = (
     "dpmpp_2m_sde",
     "dpmpp_3m_sde",
 )
+#: solvers timed compiled (inductor, fullgraph): compiling each case costs tens of seconds
+COMPILED_SOLVERS = ("euler", "dpmpp_2m")
+#: solvers of the end-to-end rows (ksampling, k-diffusion and a diffusers scheduler each)
+E2E_SOLVERS = {"euler": "EulerDiscreteScheduler", "dpmpp_2m": "DPMSolverMultistepScheduler"}
+E2E_BATCHES = (1, 16)
+E2E_STEPS = (10, 50)
 #: deterministic ones, whose outputs must agree with k-diffusion's on the same input
 KDIFFUSION_DETERMINISTIC = ("euler", "heun", "dpm_2", "lms", "dpmpp_2m")
 
@@ -151,6 +171,7 @@ def speed(request):
         steps=config.getoption("--speed-steps"),
         rounds=config.getoption("--speed-rounds"),
         budget=config.getoption("--speed-budget"),
+        e2e_compile=config.getoption("--speed-e2e-compile"),
     )
     torch.set_num_threads(threads)
 
@@ -201,17 +222,18 @@ def _first_run(fn, *args, **kwargs):
 
 
 def _info(comparison, kind, batch, solver, library, steps, **extra):
-    return dict(
+    info = dict(
         suite=SUITE,
         comparison=comparison,
         kind=kind,
         batch_label=batch,
-        shape=list(BATCHES[batch]),
+        shape=list(BATCHES[batch]) if batch in BATCHES else None,
         solver=solver,
         library=library,
         steps=steps,
-        **extra,
     )
+    info.update(extra)
+    return info
 
 
 def _nfe_counter(model):
@@ -340,6 +362,179 @@ def test_against_diffusers(benchmark, speed, kind, batch, solver, library):
     assert bool(torch.isfinite(out).all())
 
 
+# -- planned and compiled runs -------------------------------------------------------------------
+def _plan_cases():
+    cases = []
+    for kind, batches in (("per_step", BATCHES), ("setup", {"b1": BATCHES["b1"]})):
+        for batch in batches:
+            for solver in KDIFFUSION_SOLVERS:
+                cases.append(pytest.param(kind, batch, solver, "ksampling_plan", id=f"{kind}-{batch}-{solver}-plan"))
+                if kind == "per_step" and solver in COMPILED_SOLVERS:
+                    cases.append(pytest.param(kind, batch, solver, "ksampling_compiled", id=f"{kind}-{batch}-{solver}-compiled"))
+    return cases
+
+
+@pytest.mark.parametrize("kind, batch, solver, library", _plan_cases())
+def test_planned_and_compiled(benchmark, speed, kind, batch, solver, library):
+    """A plan made once and called per run (the serving loop), and the same plan compiled."""
+    device = speed["device"]
+    steps = speed["steps"] if kind == "per_step" else SETUP_STEPS
+    _require_ksampling(solver)
+    K = _k_diffusion()
+    sigmas = K.sampling.get_sigmas_karras(steps, 0.0292, 14.6146, device=device)
+    x = torch.randn(BATCHES[batch], generator=torch.Generator().manual_seed(0)).to(device) * sigmas[0]
+    counted, calls = _nfe_counter(denoiser)
+    plan = ksampling.plan(counted, sigmas, solver)
+    draws = plan.solver.draws_noise
+    if library == "ksampling_compiled":
+        torch._dynamo.reset()
+        runner = torch.compile(plan, fullgraph=True)
+        runner(x)  # compiling: not timed
+    else:
+        runner = plan
+
+    def run():
+        out = runner(x, torch.Generator(device).manual_seed(0) if draws else None)
+        _sync(device)
+        return out
+
+    _, first_s = _first_run(run)
+    nfe = calls[0]
+    out = _time(benchmark, speed, run, _info("k-diffusion", kind, batch, solver, library, steps, nfe=nfe), first_s)
+    expected = ksampling.sample(denoiser, x, sigmas, solver, generator=torch.Generator(device).manual_seed(0))
+    torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5 * float(expected.abs().max()))
+
+
+# -- the marginal cost of one step ----------------------------------------------------------------
+@pytest.mark.parametrize("solver", KDIFFUSION_SOLVERS)
+def test_marginal_cost(benchmark, speed, solver, request):
+    """(t(400) − t(100)) / 300 steps, batch 1, d = 16, one thread, median of --speed-rounds runs
+    interleaved with k-diffusion; stored in extra_info (the benchmark's own time is the whole
+    measurement and means nothing)."""
+    from benchmarks.marginal import LONG, SHORT, marginal_costs
+
+    _require_ksampling(solver)
+    if speed["device"].type != "cpu":
+        pytest.skip("the marginal cost is a CPU measurement of the loop's Python and small ops")
+    from benchmarks.conftest import speed_timer
+
+    timer = speed_timer(request.config)
+    result = {}
+
+    def measure():
+        result.update(marginal_costs([solver], repeats=speed["rounds"], K=_k_diffusion(), timer=timer)[solver])
+
+    benchmark.group = f"marginal {solver}"
+    benchmark.pedantic(measure, rounds=1, warmup_rounds=0, iterations=1)
+    benchmark.extra_info.update(
+        _info("marginal", "marginal", "d16", solver, "ksampling", LONG - SHORT, marginal=result, shape=[1, 16])
+    )
+    assert result["k-diffusion"] > 0
+
+
+# -- end to end: a small U-Net ---------------------------------------------------------------------
+def _tiny_unet(device):
+    from diffusers import UNet2DModel
+
+    with torch.random.fork_rng(devices=[]):  # the weights' RNG draws leave the global RNG as it was
+        torch.manual_seed(0)
+        unet = UNet2DModel(
+            sample_size=16, in_channels=3, out_channels=3, layers_per_block=1, block_out_channels=(32, 64),
+            down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+            norm_num_groups=16,
+        )
+    return unet.to(device).eval()
+
+
+def _e2e_cases():
+    libraries = ("model", "ksampling", "ksampling_plan", "ksampling_compiled", "k-diffusion", "diffusers")
+    return [
+        pytest.param(solver, batch, steps, library, id=f"e2e-{solver}-b{batch}-{steps}steps-{library}")
+        for solver in E2E_SOLVERS
+        for batch in E2E_BATCHES
+        for steps in E2E_STEPS
+        for library in libraries
+    ]
+
+
+@pytest.mark.parametrize("solver, batch, steps, library", _e2e_cases())
+def test_end_to_end(benchmark, speed, solver, batch, steps, library):
+    """Wall time of a whole run with a real (small, random) network; the table divides each
+    library's time by the ``model`` case's (the network alone, called on the same inputs)."""
+    diffusers = _diffusers()
+    device = speed["device"]
+    if library == "ksampling_compiled" and not benchmark_option(speed, "e2e_compile"):
+        pytest.skip("compiling a whole U-Net run takes minutes on a CPU: --speed-e2e-compile")
+    unet = _tiny_unet(device)
+    scheduler = getattr(diffusers, E2E_SOLVERS[solver])(**VP_CONFIG)
+    scheduler.set_timesteps(steps, device=device)
+    sigmas = _diffusers_sigmas(scheduler).to(device=device, dtype=torch.float32)
+    noise = torch.randn((batch, 3, 16, 16), generator=torch.Generator().manual_seed(0)).to(device)
+    x = noise * sigmas[0]
+
+    def network(x_in, t):
+        return unet(x_in, t).sample
+
+    from ksampling.denoisers import NetworkDenoiser, VPDiscrete
+
+    model = NetworkDenoiser(network, VPDiscrete(alphas_cumprod=scheduler.alphas_cumprod.to(torch.float64)), prediction="eps").to(device)
+    with torch.inference_mode():
+        if library == "model":
+            calls = []
+
+            def recorder(x_in, t):
+                calls.append((x_in.clone(), t.clone()))
+                return network(x_in, t)
+
+            recorded = NetworkDenoiser(recorder, VPDiscrete(alphas_cumprod=scheduler.alphas_cumprod.to(torch.float64)), prediction="eps").to(device)
+            ksampling.sample(recorded, x, sigmas, solver)
+
+            def run():
+                for x_in, t in calls:
+                    out = network(x_in, t)
+                _sync(device)
+                return out
+
+        elif library in ("ksampling", "ksampling_plan", "ksampling_compiled"):
+            plan = ksampling.plan(model, sigmas, solver)
+            if library == "ksampling_compiled":
+                torch._dynamo.reset()
+                plan = torch.compile(plan, fullgraph=True)
+                plan(x)
+
+            def run():
+                out = ksampling.sample(model, x, sigmas, solver) if library == "ksampling" else plan(x)
+                _sync(device)
+                return out
+
+        elif library == "k-diffusion":
+            sampler = getattr(_k_diffusion().sampling, f"sample_{solver}")
+
+            def run():
+                out = sampler(model, x, sigmas, disable=True)
+                _sync(device)
+                return out
+
+        else:
+
+            def run():
+                scheduler.set_timesteps(steps, device=device)
+                sample = noise * scheduler.init_noise_sigma
+                for t in scheduler.timesteps:
+                    sample = scheduler.step(network(scheduler.scale_model_input(sample, t), t), t, sample, return_dict=False)[0]
+                _sync(device)
+                return sample
+
+        _, first_s = _first_run(run)
+        info = _info("e2e", "e2e", f"b{batch}", solver, library, steps, shape=[batch, 3, 16, 16], e2e_steps=steps)
+        out = _time(benchmark, speed, run, info, first_s)
+    assert bool(torch.isfinite(out).all())
+
+
+def benchmark_option(speed, name):
+    return speed.get(name, False)
+
+
 # -- cost floors: what one draw of noise and one elementwise op cost at each batch ---------------
 FLOOR_OPS = {
     # one N(0, I) draw like x: every ancestral/SDE step draws at least one, in every library
@@ -406,3 +601,32 @@ def test_ratio_table_from_rows():
     text = format_markdown(table, meta, build_floors(rows))
     assert "| 1x3x32x32 | euler | 10.0 | 40.0 | 0.25 |" in text
     assert "ks/kd: median 0.25" in text and "1 at or below the goal of 0.5" in text
+
+
+def test_extra_tables_from_rows():
+    from benchmarks.conftest import build_e2e, build_marginal, build_table, format_extra
+
+    base = dict(suite=SUITE, min_s=1.0, median_s=1.0, rounds=1, per_step_us=1.0, per_step_median_us=1.0, nfe=1)
+    rows = [
+        dict(base, comparison="k-diffusion", library="ksampling_plan", solver="euler", kind="per_step", batch_label="b1",
+             shape=[1, 3, 32, 32], steps=50, per_step_us=8.0),
+        dict(base, comparison="k-diffusion", library="k-diffusion", solver="euler", kind="per_step", batch_label="b1",
+             shape=[1, 3, 32, 32], steps=50, per_step_us=32.0),
+        dict(base, comparison="marginal", library="ksampling", solver="heun", kind="marginal", batch_label="d16",
+             shape=[1, 16], steps=300, marginal={"ksampling": 20.0, "ksampling_plan": 15.0, "k-diffusion": 50.0,
+                                                "ratio": 0.4, "plan_ratio": 0.3}),
+        dict(base, comparison="e2e", library="model", solver="euler", kind="e2e", batch_label="b1", shape=[1, 3, 16, 16],
+             steps=10, min_s=0.09),
+        dict(base, comparison="e2e", library="ksampling", solver="euler", kind="e2e", batch_label="b1",
+             shape=[1, 3, 16, 16], steps=10, min_s=0.1),
+    ]
+    table = build_table(rows)
+    assert table[0]["plan/kd"] == 0.25
+    marginal, e2e = build_marginal(rows), build_e2e(rows)
+    assert marginal == [dict(solver="heun", ksampling_us=20.0, plan_us=15.0, kd_us=50.0, ratio=0.4, plan_ratio=0.3)]
+    assert e2e[0]["ksampling_share"] == 0.1 and e2e[0]["diffusers_s"] is None
+    text = format_extra(table, marginal, e2e)
+    assert "| b1 | euler | — | 8.0 | — | 32.0 | 0.25 | — |" in text
+    assert "| heun | 20.00 | 15.00 | 50.00 | 0.40 | 0.30 |" in text
+    assert "Marginal ks/kd: median 0.40 (goal <= 0.3), worst 0.40 (goal <= 0.5) over 1 solvers." in text
+    assert "| euler | 1 | 10 | 90.0 | 100.0 (10.0%) | — |" in text

@@ -5,7 +5,7 @@ that one form through :func:`sample`.
 """
 
 from . import denoisers, samplers, schedules
-from .samplers import SamplingInfo, available, sample
+from .samplers import Plan, SamplingInfo, available, plan, sample
 
 __version__ = "0.1.0"
-__all__ = ["sample", "available", "SamplingInfo", "samplers", "schedules", "denoisers", "__version__"]
+__all__ = ["sample", "plan", "Plan", "available", "SamplingInfo", "samplers", "schedules", "denoisers", "__version__"]

@@ -215,9 +215,13 @@ def test_a_huge_sigma_max_gives_a_result_or_a_clear_error(name):
         def denoise_with_uncond(self, x, sigma):
             return torch.zeros_like(x), torch.zeros_like(x)
 
-    x = torch.ones(2, 3, dtype=F64) * 1e308
+    from ksampling.samplers.loop import MAX_SIGMA
+
+    with pytest.raises(ValueError, match="too large"):  # the loop refuses σ whose square overflows
+        ksampling.sample(Zero(), torch.ones(2, 3, dtype=F64), [1e308, 1.0, 0.0], name)
+    x = torch.ones(2, 3, dtype=F64) * MAX_SIGMA  # the largest σ a grid may hold
     try:
-        out = ksampling.sample(Zero(), x, [1e308, 1.0, 0.0], name,
+        out = ksampling.sample(Zero(), x, [MAX_SIGMA, 1.0, 0.0], name,
                                generator=torch.Generator().manual_seed(0))
     except ValueError as error:  # a clear one, naming what overflowed
         assert "noise_scale" in str(error) or "non-finite" in str(error), error

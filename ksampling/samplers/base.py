@@ -10,8 +10,10 @@ its update rule:
   ``ctx.denoise(x, sigma)`` and ``ctx.noise(sigma, sigma_next)``. It must not turn a tensor
   into a Python value: every branch is decided by the host-side coefficients.
 
-Multistep solvers keep their history on the instance; the loop makes a fresh instance for
-every run, so :meth:`Solver.reset` is called once before the first step.
+Multistep solvers keep their history on the instance. One instance serves every run of a
+:class:`~ksampling.samplers.loop.Plan` (and a Solver instance given to ``sample`` is used
+as is), so the loop calls :meth:`Solver.reset` before the first step of every run, and
+again after the last one so that the history's tensors are not kept alive between runs.
 """
 
 from __future__ import annotations

@@ -44,7 +44,9 @@ def _step_integrals(scale, sigma: float, sigma_next: float) -> tuple[float, floa
         w = weight * (log_hi - log_lo) * s / scale(s)
         first += w
         second += w * (s - sigma)
-    return first, second
+    # Python floats, not numpy's (the Gauss-Legendre table is numpy): torch.compile traces a
+    # numpy scalar as a tensor, and a branch on it would break the graph
+    return float(first), float(second)
 
 
 @register
