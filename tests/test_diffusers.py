@@ -449,7 +449,10 @@ def _cheap_eps_net(sample, timestep):
 
 @pytest.mark.parametrize(
     "solver",
-    [n for n in ksampling.available() if ksampling.samplers.info(n)["fixed_grid"] and not ksampling.samplers.info(n)["needs_uncond"]],
+    [
+        n for n in ksampling.available()
+        if ksampling.samplers.info(n)["fixed_grid"] and not ksampling.samplers.info(n)["needs_uncond"] and n != "restart"
+    ],
 )
 def test_every_fixed_grid_solver_runs_as_a_scheduler(solver):
     """Every fixed-grid solver, driven one model call at a time through step(), gives what
@@ -528,3 +531,11 @@ def test_more_k_style_schedulers_match(unet, name, prediction_type):
     ours = ksampling.sample(from_diffusers(unet, scheduler.config, timestep=timestep), start, sigmas.float(), solver,
                             generator=generator)
     assert rel_err(ours, theirs) < RTOL
+
+
+@pytest.mark.parametrize("solver", ["restart", "euler_cfg_pp"])
+def test_a_solver_the_pipeline_cannot_drive_is_refused(solver):
+    """restart's cycles call the model off the pipeline's timesteps; CFG++ needs the
+    unconditional output, which a pipeline does not hand to step()."""
+    with pytest.raises(ValueError, match="restart|unconditional"):
+        KSamplingScheduler(solver=solver, state="vp", **SD_BETAS)

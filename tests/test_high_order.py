@@ -18,7 +18,7 @@ import torch
 import ksampling
 from helpers import HostSyncCounter, SmoothToy, TableNoise, karras_grid, start
 from ksampling.samplers import get
-from ksampling.samplers.dpm_solver import lagrange_exp_weights, phi, step_orders
+from ksampling.samplers.common import lagrange_exp_weights, phi, step_orders
 from ksampling.samplers.er_sde import _step_integrals, NOISE_SCALES
 from reference import k_diffusion
 

@@ -141,6 +141,8 @@ MULTISTEP_ODE = [
     ("dpmpp_2m_sde", dict(eta=0.0)),
     ("dpmpp_3m_sde", dict(eta=0.0)),
     ("er_sde", dict(noise_scale="ode")),
+    ("ipndm_v", {}),
+    ("res_multistep", {}),
 ]
 
 

@@ -462,6 +462,9 @@ def test_a_sigma_far_above_the_training_range_warns():
         wrapped(x, torch.tensor([1.0, 1e4]).to(F64))
     with pytest.warns(UserWarning, match="training range"):
         ksampling.sample(wrapped, x * 1e4, ksampling.schedules.karras(3, 0.1, 1e4).to(F64))
+    guided = ksampling.denoisers.ClassifierFreeGuidance(wrapped, scale=2.0)  # passes the check through
+    with pytest.warns(UserWarning, match="training range"):
+        ksampling.plan(guided, ksampling.schedules.karras(3, 0.1, 1e4).to(F64))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         # within the tolerance (float32 rounding of σ_max) and below: no warning

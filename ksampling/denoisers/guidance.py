@@ -100,6 +100,13 @@ class ClassifierFreeGuidance(Denoiser):
         """``(guided D, the conditional half's LearnedVariance or None)``."""
         return self._guided(x, sigma, extra_args, with_variance=True)
 
+    def check_sigma_range(self, sigma: float) -> None:
+        """The wrapped denoiser's check of a grid's largest σ against its training range
+        (:meth:`~ksampling.denoisers.NetworkDenoiser.check_sigma_range`), where it has one."""
+        check = getattr(self.denoiser, "check_sigma_range", None)
+        if callable(check):
+            check(sigma)
+
     def denoise_with_uncond(self, x: torch.Tensor, sigma, **extra_args):
         """``(guided D, unconditional D_∅)`` from one batched call, what the CFG++ solvers
         need (Chung et al. 2024). Both halves are evaluated even at ``scale = 1``; for CFG++

@@ -359,7 +359,7 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
                 f"solver {solver!r} chooses its own steps; a diffusers scheduler needs a fixed-grid solver "
                 "(one with fixed_grid=True in ksampling.samplers.info)"
             )
-        if solver.endswith("_cfg_pp"):
+        if self._solver_class.needs_uncond:
             raise ValueError(
                 f"solver {solver!r} needs the unconditional model output besides the guided one; a diffusers pipeline "
                 "hands step() only the guided one. Use it through ksampling.sample with a guidance-wrapped model"
@@ -375,7 +375,12 @@ class KSamplingScheduler(SchedulerMixin, ConfigMixin):
         #: the solver options in use: the source's own settings of its method (when ``solver`` is
         #: that method, e.g. DEIS's ``solver_order``), overridden by ``solver_options``
         self.solver_options = {**self._native_options(solver), **dict(solver_options or {})}
-        self._make_solver()  # validates the options now, with the solver's own messages
+        probe = self._make_solver()  # validates the options now, with the solver's own messages
+        if any(not getattr(step, "on_grid", True) for step in probe.plan([10.0, 1.0, 0.0])):
+            raise ValueError(
+                f"solver {solver!r} plans steps of its own off the grid (restart's cycles back up in noise); a "
+                "diffusers pipeline calls the model only at its own timesteps. Use it through ksampling.sample"
+            )
         if noise is None:
             sde_source = name == "DPMSolverMultistepScheduler" and self._source.config.algorithm_type == "sde-dpmsolver++"
             noise = "gaussian" if sde_source and solver == "dpmpp_2m_sde" else "solver"

@@ -4,7 +4,7 @@ variable-step form."""
 from __future__ import annotations
 
 from .base import Solver, check_int, check_nonnegative, register
-from .dpm_solver import linear_combination
+from .common import MIN_STEP_RATIO_SIGMA, linear_combination, step_order
 
 __all__ = ["IPNDM", "IPNDMVariable", "GradientEstimation", "ADAMS_BASHFORTH", "ipndm_v_weights"]
 
@@ -127,7 +127,10 @@ class IPNDMVariable(_AdamsBase):
 
     def coefficients(self, sigmas, i):
         dt = sigmas[i + 1] - sigmas[i]
-        p = 1 if sigmas[i + 1] == 0.0 else min(self.max_order, i + 1)
+        # the history stops at a degenerate step ratio (a near-repeated σ), as in lms
+        p = 1 if sigmas[i + 1] == 0.0 else step_order(
+            i, len(sigmas) - 1, self.max_order, step_size=lambda j: sigmas[j] - sigmas[j + 1], min_ratio=MIN_STEP_RATIO_SIGMA
+        )
         steps = [dt] + [sigmas[i - k] - sigmas[i - k - 1] for k in range(p - 1)]
         return dict(weights=[dt * w for w in ipndm_v_weights(steps)])
 

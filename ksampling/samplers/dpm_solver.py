@@ -23,9 +23,6 @@ from .base import Solver, register
 from .common import STARTS, Multistep, log_sigma_step, phi, step_order, takes_singlestep_start
 from .validation import check_bool, check_choice, check_fraction, check_int, check_threshold
 
-# The shared helpers used to live here; adams.py and res_multistep.py still import them from here.
-from .common import lagrange_exp_weights, linear_combination, step_orders  # noqa: E402,F401
-
 __all__ = ["DPMSolver", "DPMSolverPP3M", "singlestep_coefficients", "singlestep_update"]
 
 

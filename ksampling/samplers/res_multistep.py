@@ -6,8 +6,7 @@ from __future__ import annotations
 import math
 
 from .base import Solver, check_nonnegative, register
-from .common import ancestral_step
-from .dpm_solver import linear_combination, phi
+from .common import ancestral_step, degenerate_ratio, linear_combination, phi
 
 __all__ = ["RESMultistep", "RESMultistepAncestral"]
 
@@ -55,11 +54,14 @@ class RESMultistep(Solver):
         # The previous model point, relative to this step: it was taken at σ_{i−1}, and that
         # step's deterministic part ended at its σ_down (= σ_i when eta = 0).
         previous_down = ancestral_step(sigmas[i - 1], sigma, self.eta)[0] if i > 0 else 0.0
-        if sigma_down == 0.0 or previous_down == 0.0:
+        h = math.log(sigma / sigma_down) if sigma_down > 0.0 else math.inf
+        h_previous = math.log(sigmas[i - 1] / previous_down) if previous_down > 0.0 else math.inf
+        # Euler also after a degenerate step ratio (a near-repeated σ), where the divided
+        # difference of D divides round-off by the tiny step
+        if sigma_down == 0.0 or previous_down == 0.0 or degenerate_ratio(h_previous, h):
             # Euler (DDIM) to σ_down: x ← D + (σ_down/σ)(x − D)
             ratio = sigma_down / sigma
             return dict(weights=[1.0 - ratio, 0.0], x_weight=ratio, euler_step=True, noise_std=noise_std)
-        h = math.log(sigma / sigma_down)
         c = math.log(previous_down / sigmas[i - 1]) / h  # (λ_{i−1} − λ(σ_down,prev)) / h
         phi1, phi2 = phi(1, -h), phi(2, -h)
         return dict(

@@ -8,7 +8,8 @@ import math
 import torch
 
 from .base import Solver, check_int, check_nonnegative, register
-from .dpm_solver import check_bool, lagrange_exp_weights, linear_combination
+from .common import lagrange_exp_weights, linear_combination
+from .validation import check_bool
 
 __all__ = ["SASolver", "SASolverPECE", "stochastic_adams_weights"]
 

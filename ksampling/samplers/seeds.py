@@ -25,7 +25,8 @@ import math
 import torch
 
 from .base import Solver, check_choice, check_nonnegative, register
-from .dpm_solver import check_fraction, phi
+from .common import phi
+from .validation import check_fraction
 
 __all__ = ["SEEDS2", "SEEDS3"]
 
