@@ -14,8 +14,9 @@ without the final 0, with N = 16 … 256 steps and lower-order final steps off, 
 
 The measured order is the least-squares slope of −log(error) against log N over the
 asymptotic range N = 64 … 256 (:data:`FIT_STEPS`); the slope over the whole sweep is shown
-too. Below 64 steps the fourth-order Adams–Bashforth methods (ipndm_v, lms) are still
-pre-asymptotic (slope ≈ 3.5 over 16 … 256, rising to 3.8 at the end). On the exponential grid
+too. Below 64 steps the fourth-order Adams–Bashforth start of lms is still pre-asymptotic;
+the published ipndm_v (order 2) is asymptotic only beyond N ≈ 1000 (its own test measures it
+there). On the exponential grid
 (uniform in log σ) the λ-based multistep methods show super-convergence on Gaussian data
 (slopes above 4 for third-order methods), which is why the Karras grid is used.
 """
@@ -239,6 +240,29 @@ def start_table() -> str:
     return "\n".join(lines)
 
 
+def sde_solvers_at_eta_zero() -> list[str]:
+    """The fixed-grid SDE solvers that are deterministic at ``eta=0`` (their ODE method)."""
+    names = []
+    for name in available():
+        meta = info(name)
+        if meta["kind"] != "sde" or not meta["fixed_grid"] or meta["needs_uncond"] or "eta" not in meta["options"]:
+            continue
+        if not get(name)(eta=0.0).draws_noise:
+            names.append(name)
+    return names
+
+
+def eta_zero_table() -> str:
+    """Measured orders of the SDE solvers with their noise off (Gaussian and mixture)."""
+    problems = [gaussian_problem(), mixture_problem()]
+    lines = ["| solver | theory | Gaussian | mixture | NFE/step |", "|---|---:|---:|---:|---:|"]
+    for name in sde_solvers_at_eta_zero():
+        meta = info(name)
+        gauss, mix = (measure(name, problem, eta=0.0) for problem in problems)
+        lines.append(f"| `{name}` | {meta['order']} | {gauss.order:.2f} | {mix.order:.2f} | {meta['nfe_per_step']} |")
+    return "\n".join(lines)
+
+
 def table(solvers: Sequence[str] | None = None) -> str:
     """The markdown table: solver, theoretical order, measured on the Gaussian and the mixture."""
     solvers = list(solvers) if solvers is not None else ode_solvers()
@@ -301,8 +325,20 @@ On these grids the λ-based methods (`deis`, `dpmpp_3m`) gain one order on Gauss
 
 `unipc` needs no such option: its corrector makes the first step second order.
 
+## SDE solvers with their noise off
+
+With `eta=0` an SDE solver is its deterministic method (same grid, same sweep, N = {fit_steps}):
+
+{eta_zero_table}
+
 Notes:
 
+* `ipndm_v` is the published variable-step iPNDM (ComfyUI's, from zju-pi's diff-sampler):
+  its fourth-order term is not Adams–Bashforth's on unequal steps, so it converges with
+  order 2, and only beyond N ≈ 1000 here (`tests/test_new_methods.py` measures 1.97 at
+  N = 4096); `lms` is the exact variable-step Adams–Bashforth method.
+* `heunpp2` (ComfyUI's Heun++) spends three model calls per step for a first-order method;
+  `fitted` is the fit's wrapper around `ipndm` (its default base).
 * `ipndm` applies the fixed (equal-step) Adams–Bashforth weights to unequal steps, which is
   exact only to second order; it has order 4 on a grid uniform in σ only.
 * `dpmpp_3m` uses the exact Taylor coefficient of its third-order term; with
@@ -338,6 +374,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         lms_steps=", ".join(map(str, DEFAULT_START_STEPS["lms"])),
         singlestep_steps=", ".join(map(str, SINGLESTEP_START_STEPS)),
         start_table=start_table(),
+        eta_zero_table=eta_zero_table(),
     )
     print(page)
     if not args.no_write:

@@ -75,6 +75,14 @@ def test_measured_order_matches_theory(name, problem, problems):
     assert measured.order_all > theory - 0.6
 
 
+@pytest.mark.parametrize("problem", ["gaussian", "mixture"])
+@pytest.mark.parametrize("name", co.sde_solvers_at_eta_zero())
+def test_sde_solver_at_eta_zero_has_its_ode_methods_order(name, problem, problems):
+    """The table 'SDE solvers with their noise off' of the orders page."""
+    measured = co.measure(name, problems[problem], eta=0.0)
+    assert abs(measured.order - info(name)["order"]) <= TOLERANCE, (name, measured.order, measured.errors)
+
+
 #: Options beyond the defaults, with the order each should reach (Gaussian only, to keep it fast).
 VARIANTS = [
     ("dpm_solver", dict(order=1), 1),
