@@ -337,6 +337,9 @@ Notes:
   its fourth-order term is not Adams–Bashforth's on unequal steps, so it converges with
   order 2, and only beyond N ≈ 1000 here (`tests/test_new_methods.py` measures 1.97 at
   N = 4096); `lms` is the exact variable-step Adams–Bashforth method.
+* `dpmpp_3m_sde` at `eta=0` is k-diffusion's DPM-Solver++(3M), whose third-order term
+  carries half the Taylor coefficient (as `dpmpp_3m` with `official_coefficients=True`,
+  below): order 2, still rising towards it at N = 256.
 * `heunpp2` (ComfyUI's Heun++) spends three model calls per step for a first-order method;
   `fitted` is the fit's wrapper around `ipndm` (its default base).
 * `ipndm` applies the fixed (equal-step) Adams–Bashforth weights to unequal steps, which is

