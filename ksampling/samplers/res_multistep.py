@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import math
 
-from .base import Solver, check_nonnegative, register
-from .common import ancestral_step, degenerate_ratio, linear_combination, phi
+from .base import Solver, register
+from .common import Stochastic, ancestral_step, degenerate_ratio, linear_combination, phi
 
 __all__ = ["RESMultistep", "RESMultistepAncestral"]
 
@@ -43,10 +43,6 @@ class RESMultistep(Solver):
     def reset(self):
         self.previous = None
 
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
-
     def coefficients(self, sigmas, i):
         sigma, sigma_next = sigmas[i], sigmas[i + 1]
         sigma_down, sigma_up = ancestral_step(sigma, sigma_next, self.eta)
@@ -82,7 +78,7 @@ class RESMultistep(Solver):
 
 
 @register
-class RESMultistepAncestral(RESMultistep):
+class RESMultistepAncestral(RESMultistep, Stochastic):
     """RES multistep with ancestral noise (ComfyUI's ``res_multistep_ancestral``): each step
     is the RES step of :class:`RESMultistep` to ``σ_down`` followed by fresh noise,
 
@@ -102,6 +98,5 @@ class RESMultistepAncestral(RESMultistep):
     paper = RESMultistep.paper + "; ancestral noise as k-diffusion's ancestral samplers"
 
     def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
+        Stochastic.__init__(self, eta=eta, s_noise=s_noise)
         self.reset()

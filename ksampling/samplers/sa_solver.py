@@ -7,8 +7,8 @@ import math
 
 import torch
 
-from .base import Solver, check_int, check_nonnegative, register
-from .common import lagrange_exp_weights, linear_combination
+from .base import check_int, check_nonnegative, register
+from .common import Stochastic, lagrange_exp_weights, linear_combination
 from .validation import check_bool
 
 __all__ = ["SASolver", "SASolverPECE", "stochastic_adams_weights"]
@@ -44,7 +44,7 @@ def stochastic_adams_weights(
 
 
 @register
-class SASolver(Solver):
+class SASolver(Stochastic):
     """SA-Solver (Xue et al. 2023, Algorithm 1, data prediction) in the VE state space: with
     λ = −log σ, τ = τ(σ_next) (``eta`` inside ``[sde_sigma_min, sde_sigma_max]``, else 0) and
     h = λ_next − λ,
@@ -75,7 +75,6 @@ class SASolver(Solver):
     name = "sa_solver"
     order = 4
     nfe_per_step = 1
-    kind = "sde"
     multistep = True
     paper = "Xue et al. 2023, SA-Solver: Stochastic Adams Solver for Fast Sampling of Diffusion Models (arXiv:2309.05019)"
 
@@ -92,8 +91,7 @@ class SASolver(Solver):
         simple_order_2: bool = False,
         tau_func=None,
     ):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
+        super().__init__(eta=eta, s_noise=s_noise)
         self.sde_sigma_min = check_nonnegative("sde_sigma_min", sde_sigma_min)
         self.sde_sigma_max = check_nonnegative("sde_sigma_max", sde_sigma_max)
         self.predictor_order = check_int("predictor_order", predictor_order, 1, 6)
@@ -106,9 +104,9 @@ class SASolver(Solver):
 
     @property
     def draws_noise(self) -> bool:
-        if self.tau_func is not None:
+        if self.tau_func is not None:  # tau_func replaces eta
             return self.s_noise > 0
-        return self.eta > 0 and self.s_noise > 0
+        return super().draws_noise
 
     def reset(self):
         self.history: list = []  # D at the latest points, oldest first

@@ -24,8 +24,8 @@ import math
 
 import torch
 
-from .base import Solver, check_choice, check_nonnegative, register
-from .common import phi
+from .base import check_choice, register
+from .common import Stochastic, phi
 from .validation import check_fraction
 
 __all__ = ["SEEDS2", "SEEDS3"]
@@ -43,17 +43,8 @@ def _e2(z: float) -> float:
     return z * phi(2, z)
 
 
-class _SEEDS(Solver):
-    kind = "sde"
+class _SEEDS(Stochastic):
     paper = PAPER
-
-    def __init__(self, eta: float = 1.0, s_noise: float = 1.0):
-        self.eta = check_nonnegative("eta", eta)
-        self.s_noise = check_nonnegative("s_noise", s_noise)
-
-    @property
-    def draws_noise(self) -> bool:
-        return self.eta > 0 and self.s_noise > 0
 
     def stage_coefficients(self, sigma: float, h: float, fractions: list[float]) -> dict:
         """For the stage ends σ e^{−r h}, r in ``fractions`` (the last is 1): the stage's σ,
