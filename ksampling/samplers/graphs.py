@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from .noise import PredrawnNoise, _no_noise
+
 __all__ = ["CapturedPlan"]
 
 
@@ -60,7 +62,6 @@ class CapturedPlan:
             self._record(warmup)
 
     def _run(self):
-        from .loop import PredrawnNoise, _no_noise
 
         noise = PredrawnNoise(self.static_noise) if self.static_noise is not None else _no_noise
         out, ctx = self.plan._execute(self.static_x, noise, False, False)

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..denoisers.base import sigmas_checked_by_caller
 from .base import Solver, Step, make_solver
-from .noise import GaussianNoise
+from .noise import GaussianNoise, PredrawnNoise, _no_noise
 
 __all__ = ["sample", "plan", "Plan", "PredrawnNoise", "SamplingInfo", "Context", "validate_sigmas", "FINAL_STEP_POLICIES", "MAX_SIGMA"]
 
@@ -348,30 +348,6 @@ def _make_noise(solver: Solver, x, sigmas_list, generator, noise_sampler):
         sigma_min = min(s for s in sigmas_list if s > 0)
         return BrownianTreeNoiseSampler(x, sigma_min, sigmas_list[0], generator=generator)
     return GaussianNoise(x, generator)
-
-
-def _no_noise(sigma, sigma_next):
-    raise RuntimeError("this solver configuration is deterministic and must not draw noise")
-
-
-class PredrawnNoise:
-    """A noise sampler that hands out the rows of ``noise`` (``[draws, *x.shape]``) in order:
-    noise drawn before the run (:meth:`Plan.draw_noise`), for compiled and captured runs,
-    which cannot draw from a :class:`torch.Generator` inside their graph."""
-
-    def __init__(self, noise: torch.Tensor):
-        self.noise = noise
-        self.drawn = 0
-
-    def __call__(self, sigma, sigma_next):
-        if self.drawn >= self.noise.shape[0]:
-            raise ValueError(
-                f"noise: the run needs more than the {self.noise.shape[0]} pre-drawn draws given; "
-                "make them with plan.draw_noise(x, generator)"
-            )
-        n = self.noise[self.drawn]
-        self.drawn += 1
-        return n
 
 
 class _Recorder:

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["GaussianNoise", "as_generators", "fresh_generator", "seeds_from_generators"]
+__all__ = ["GaussianNoise", "PredrawnNoise", "as_generators", "fresh_generator", "seeds_from_generators"]
 
 
 def fresh_generator(device: torch.device | str = "cpu") -> torch.Generator:
@@ -77,3 +77,27 @@ class GaussianNoise:
                 [torch.randn(self.shape[1:], generator=g, device=g.device, dtype=self.dtype) for g in gens]
             )
         return noise.to(self.device, non_blocking=True)
+
+
+def _no_noise(sigma, sigma_next):
+    raise RuntimeError("this solver configuration is deterministic and must not draw noise")
+
+
+class PredrawnNoise:
+    """A noise sampler that hands out the rows of ``noise`` (``[draws, *x.shape]``) in order:
+    noise drawn before the run (:meth:`~ksampling.samplers.loop.Plan.draw_noise`), for compiled and captured runs,
+    which cannot draw from a :class:`torch.Generator` inside their graph."""
+
+    def __init__(self, noise: torch.Tensor):
+        self.noise = noise
+        self.drawn = 0
+
+    def __call__(self, sigma, sigma_next):
+        if self.drawn >= self.noise.shape[0]:
+            raise ValueError(
+                f"noise: the run needs more than the {self.noise.shape[0]} pre-drawn draws given; "
+                "make them with plan.draw_noise(x, generator)"
+            )
+        n = self.noise[self.drawn]
+        self.drawn += 1
+        return n
