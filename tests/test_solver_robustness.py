@@ -179,10 +179,12 @@ def test_step_order_stops_the_history_at_a_degenerate_ratio():
 
     sizes = [1.0, 1.0, 1e-12, 1.0, 1.0, 1.0]
     orders = [step_order(i, len(sizes), 3, step_size=sizes.__getitem__) for i in range(len(sizes))]
-    # step 2 is the tiny one (its history spans 1 -> 1e-12), step 3 comes after it,
-    # step 4 can look back across steps 3 and 4 only, step 5 is third order again
-    assert orders == [1, 2, 1, 1, 2, 3]
-    assert degenerate_ratio(1.0, 0.05) and not degenerate_ratio(1.0, 0.5)
+    # step 2 is the tiny one: stepping across it from a full history is harmless (the older
+    # points' weights shrink with it); step 3 comes after it and would divide by it (first
+    # order), step 4 can look back across steps 3 and 4 only, step 5 is third order again
+    assert orders == [1, 2, 3, 1, 2, 3]
+    assert degenerate_ratio(0.05, 1.0) and not degenerate_ratio(0.5, 1.0)
+    assert not degenerate_ratio(1.0, 0.05)  # a much smaller next step: k-diffusion's order is kept
     assert degenerate_ratio(1.0, math.inf)
 
 
@@ -289,3 +291,19 @@ def test_singlestep_start_of_lms_is_classical_rk4():
     assert run.nfe == 10 + 3 * 3
     with pytest.raises(ValueError, match="start"):
         ksampling.sample(data, x, karras_grid(4), "lms", start="runge_kutta")
+
+
+@pytest.mark.parametrize("name", ["lms", "dpmpp_2m"])
+def test_a_few_step_grid_keeps_k_diffusions_order(name):
+    """Two Karras steps from 14.6 to 0.0292 end with a step 500x smaller than the first: an
+    ordinary grid (the speed suite's), where the tiny-gap fallback must not lower the order:
+    the result stays k-diffusion's."""
+    from reference import k_diffusion
+
+    K = k_diffusion()
+    data = _data()
+    sigmas = K.sampling.get_sigmas_karras(2, 0.0292, 14.6146).to(F64)
+    x = _start(batch=4, sigma_max=14.6146)
+    ours = ksampling.sample(data, x, sigmas, name)
+    theirs = getattr(K.sampling, f"sample_{name}")(data, x, sigmas, disable=True)
+    torch.testing.assert_close(ours, theirs, rtol=1e-10, atol=1e-10)

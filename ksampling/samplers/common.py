@@ -115,8 +115,8 @@ def lagrange_exp_weights(nodes: Sequence[float], z: float) -> list[float]:
     return weights
 
 
-#: A multistep method extrapolates from earlier points. When a step is much smaller than its
-#: neighbour (a step of relative size 1e-12 left by float32 rounding or by an edited grid),
+#: A multistep method extrapolates from earlier points. When a step is much smaller than the
+#: next one (a step of relative size 1e-12 left by float32 rounding or by an edited grid),
 #: its divided differences divide round-off, and in SDE solvers the fresh noise, by the tiny
 #: gap and blow up as 1/gap. :func:`step_order` then lowers the order to what the history
 #: supports. In λ = −log σ the steps of ordinary grids differ by factors of a few, so a
@@ -126,11 +126,16 @@ MIN_STEP_RATIO_LAMBDA = 0.1
 MIN_STEP_RATIO_SIGMA = 1e-2
 
 
-def degenerate_ratio(h: float, h_other: float, min_ratio: float = MIN_STEP_RATIO_LAMBDA) -> bool:
-    """Whether two neighbouring step sizes differ by more than the factor 1/``min_ratio``
-    (or one is infinite), so that extrapolating across them amplifies round-off or noise."""
-    small, large = sorted((abs(h), abs(h_other)))
-    return not small > min_ratio * large
+def degenerate_ratio(h_earlier: float, h_later: float, min_ratio: float = MIN_STEP_RATIO_LAMBDA) -> bool:
+    """Whether the earlier of two neighbouring steps is smaller than ``min_ratio`` times the
+    later one (or the later one is infinite, a step to σ = 0), so that extrapolating across
+    the earlier one's points divides round-off or noise by its tiny size.
+
+    One-sided: a step much *smaller* than the one before it is harmless (the weights of the
+    older points shrink with it), and ordinary few-step grids have such steps (2 Karras steps
+    from 14.6 to 0.03 end with a step 500× smaller), where k-diffusion and diffusers keep the
+    full order; so do we."""
+    return not abs(h_earlier) > min_ratio * abs(h_later)
 
 
 def step_order(
