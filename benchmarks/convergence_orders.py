@@ -352,10 +352,11 @@ Notes:
   are rejected.
 * `er_sde` is an SDE solver and not in the table; its deterministic part
   (`noise_scale="ode"`) converges with order 2, not 3 (see its docstring).
-* Multistep solvers lower their order next to a step much smaller or larger than its
-  neighbour (a ratio beyond 10 in log σ, 100 in σ), where their divided differences would
-  amplify round-off and noise: a grid with a step of relative size 1e-12 samples as well as
-  one without.
+* Multistep solvers lower their order after a step much smaller than the next one (a ratio
+  beyond 10 in log σ, 100 in σ), where their divided differences would divide round-off and
+  noise by it: a grid with a step of relative size 1e-12 samples as well as one without. A
+  step much smaller than the one before it is harmless and keeps the order (as in
+  k-diffusion and diffusers).
 """
 
 
