@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import types
 
+import pytest
+import torch
+
 
 def _solver_names():
     from ksampling.samplers import SOLVERS, Solver
@@ -64,3 +67,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         item.extra_keyword_matches.update(solver_keywords(item))
 
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tiny tensors (a small UNet, 2-D mixtures): two
+    threads only fight over a two-core CI machine. Modules opt in with
+    ``pytestmark = [pytest.mark.usefixtures("one_thread"), ...]``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -21,19 +21,11 @@ RTOL = 1e-4
 
 # diffusers' schedulers call np.array on tensors in a way numpy 2 deprecates
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # the UNet is tiny (tests/conftest.py)
     pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:__array_wrap__ must accept context:DeprecationWarning"),
 ]
 SD_BETAS = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The UNet is tiny: two intra-op threads only fight over the CI machine's two cores.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def tiny_unet(seed=0, conditional=False):

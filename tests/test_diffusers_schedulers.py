@@ -15,9 +15,9 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 from ksampling.integrations.diffusers import SIGMA_INFINITY, KSamplingScheduler, from_diffusers  # noqa: E402
-from test_diffusers import one_thread  # noqa: E402, F401  (the autouse fixture: one intra-op thread)
 
 pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # the UNet is tiny (tests/conftest.py)
     pytest.mark.filterwarnings("ignore::DeprecationWarning"),
     pytest.mark.filterwarnings("ignore::FutureWarning"),
     pytest.mark.filterwarnings("ignore::UserWarning"),
