@@ -21,18 +21,15 @@ _SIGMAS_CHECKED: ContextVar[bool] = ContextVar("ksampling_sigmas_checked", defau
 
 
 @contextmanager
-def sigmas_checked_by_caller(model=None, sigmas=None):
+def sigmas_checked_by_caller():
     """Within this block, denoisers skip their per-call check of σ (finite, >= 0), which on a
     GPU is a host sync: the caller promises that every σ passed to the model is valid.
 
-    :func:`ksampling.sample` enters it around its loop after validating the grid on the host.
-    If ``model`` has a ``check_sigma_range(sigma)`` method (:class:`~ksampling.denoisers.NetworkDenoiser`
-    has one), it is called once here with the largest of ``sigmas``, so that a grid that
-    starts above the network's training range is reported without a per-call sync.
+    A :class:`~ksampling.samplers.loop.Plan` (so :func:`ksampling.sample`) enters it around
+    each run: its grid was validated on the host when the plan was made, and so was the
+    largest σ against the network's training range (``model.check_sigma_range``, which
+    :class:`~ksampling.denoisers.NetworkDenoiser` has), once, without a per-call sync.
     """
-    check_range = getattr(model, "check_sigma_range", None)
-    if callable(check_range) and sigmas is not None and len(sigmas) > 0:
-        check_range(max(sigmas))
     token = _SIGMAS_CHECKED.set(True)
     try:
         yield

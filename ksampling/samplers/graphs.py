@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from .noise import PredrawnNoise, _no_noise
+from .noise import PredrawnNoise, no_noise
 
 __all__ = ["CapturedPlan"]
 
@@ -63,7 +63,7 @@ class CapturedPlan:
 
     def _run(self):
 
-        noise = PredrawnNoise(self.static_noise) if self.static_noise is not None else _no_noise
+        noise = PredrawnNoise(self.static_noise) if self.static_noise is not None else no_noise
         out, ctx = self.plan._execute(self.static_x, noise, False, False)
         finite = ctx.checksums.finite(out) if ctx.checksums is not None else None
         return out, finite, ctx

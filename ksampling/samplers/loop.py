@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from ..denoisers.base import sigmas_checked_by_caller
 from .base import Solver, Step, make_solver
-from .noise import GaussianNoise, PredrawnNoise, _no_noise
+from .noise import GaussianNoise, PredrawnNoise, no_noise
 
 __all__ = ["sample", "plan", "Plan", "PredrawnNoise", "SamplingInfo", "Context", "validate_sigmas", "FINAL_STEP_POLICIES", "MAX_SIGMA"]
 
@@ -341,7 +341,7 @@ def _make_noise(solver: Solver, x, sigmas_list, generator, noise_sampler):
             raise TypeError("noise_sampler must be callable as noise_sampler(sigma, sigma_next)")
         return noise_sampler
     if not solver.draws_noise:
-        return _no_noise
+        return no_noise
     if solver.default_noise == "brownian":
         from .brownian import BrownianTreeNoiseSampler
 

@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-__all__ = ["GaussianNoise", "PredrawnNoise", "as_generators", "fresh_generator", "seeds_from_generators"]
+__all__ = ["GaussianNoise", "PredrawnNoise", "no_noise", "as_generators", "fresh_generator", "seeds_from_generators"]
 
 
 def fresh_generator(device: torch.device | str = "cpu") -> torch.Generator:
@@ -79,7 +79,8 @@ class GaussianNoise:
         return noise.to(self.device, non_blocking=True)
 
 
-def _no_noise(sigma, sigma_next):
+def no_noise(sigma, sigma_next):
+    """The noise sampler of a deterministic run: drawing from it is a bug in the solver."""
     raise RuntimeError("this solver configuration is deterministic and must not draw noise")
 
 
